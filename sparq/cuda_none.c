@@ -1,0 +1,14 @@
+/*
+ * cuda_none.c — the registry's answer in a build without CUDA (SPARQ_CUDA=OFF or no
+ * nvcc found): the backend exists in the design but not in this binary.
+ */
+#include <errno.h>
+#include <stdio.h>
+
+#include "backend-impl.h"
+
+int sparq_cuda_probe(char *detail, unsigned detail_len)
+{
+	snprintf(detail, detail_len, "not built (configure with nvcc and -DSPARQ_CUDA=ON)");
+	return -ENODEV;
+}
