@@ -1,0 +1,93 @@
+/*
+ * backend.h — the compute backends behind one interface (STYLE.md §1, ggml-backend):
+ * an opaque sparq_backend handle, a registry that always has the CPU backend and
+ * reports whether CUDA was built and answers, and the batched decode-step calls.
+ *
+ * One attend call handles all KV heads of one layer of one or more sequences: an item
+ * is one (sequence, KV head) stream with the g query heads that share it.
+ */
+#ifndef SPARQ_BACKEND_H
+#define SPARQ_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sparq.h"
+
+struct sparq_backend;
+struct sparq_stream;
+
+struct sparq_backend_config {
+	uint32_t n_threads;   /* CPU worker threads, 0 = one per online CPU */
+	bool cpu_portable;    /* CPU: use the portable C kernels even where AVX2 runs */
+};
+
+/* What a backend did during one batched call, phase by phase (wall clock). */
+struct sparq_attend_stats {
+	uint64_t score_ns;      /* components, approximate logits, softmax mass */
+	uint64_t select_ns;     /* top-k with the local window */
+	uint64_t gather_ns;     /* records fetched from the store */
+	uint64_t exact_ns;      /* exact attention on the rows, blend */
+	uint64_t slice_bytes;   /* key-slice bytes read by scoring */
+	uint64_t record_bytes;  /* record bytes fetched from the store */
+};
+
+struct sparq_attend_item {
+	struct sparq_stream *stream;  /* S = its length when the call starts */
+	uint32_t g;                   /* query heads sharing the KV head */
+	const float *q;               /* [g][d] post-RoPE queries, finite */
+	const uint64_t *exclude;      /* [ceil(S/64)] bit j set: position j masked; NULL = none */
+	struct sparq_params params;
+	float *y;                     /* [g][d] out: attention output (NULL in select mode) */
+	float *alpha;                 /* [g] out, optional: mass covered, 1 when not blended */
+	uint32_t *sel;                /* [sel_cap] out, optional: selected positions, ascending */
+	uint32_t sel_cap;             /* must be >= k when sel is given */
+	uint32_t *comp;               /* [r] out, optional: chosen components, ascending */
+	uint32_t n_sel;               /* out: rows selected */
+	struct sparq_resolved used;   /* out: r, k, l, blend as applied */
+};
+
+enum sparq_attend_mode {
+	SPARQ_ATTEND_FULL = 0,     /* y = blend of exact attention on the selected rows */
+	SPARQ_ATTEND_SELECT = 1,   /* selection and alpha only, for engines that attend themselves */
+};
+
+struct sparq_attend_batch {
+	struct sparq_attend_item *items;
+	uint32_t n;
+	enum sparq_attend_mode mode;
+	struct sparq_attend_stats stats;  /* out, accumulated */
+	int32_t bad_item;                 /* out: index of the failing item, -1 if none */
+	const char *why;                  /* out: reason of a failure, static string */
+};
+
+/* A backend the registry knows of, and whether it can be opened here. */
+struct sparq_backend_info {
+	const char *name;
+	bool available;
+	char detail[160];   /* "AVX2+F16C+FMA, 2 threads" / "not built" / "no device" */
+};
+
+/* Fills up to max entries (CPU first); returns how many backends are known. */
+int sparq_backend_list(struct sparq_backend_info *out, int max);
+
+/*
+ * Opens a backend by name ("cpu", "cuda"); cfg may be NULL. Returns -ENOENT for an
+ * unknown name, -ENODEV when it is not built or no device answers, -ENOMEM.
+ */
+int sparq_backend_open(const char *name, const struct sparq_backend_config *cfg,
+		       struct sparq_backend **out);
+void sparq_backend_close(struct sparq_backend *be);
+const char *sparq_backend_name(const struct sparq_backend *be);
+
+/*
+ * Runs the decode step for every item (SPARQ.md steps 1-7). Items are validated
+ * before any work: -EINVAL for NaN/Inf in q, bad parameters, a geometry that does not
+ * match the stream, an item whose streams belong to another backend, no visible
+ * position; -ERANGE when finite inputs overflow the fp32 logits; store errors as the
+ * store returns them. On failure batch->bad_item and batch->why name the cause and
+ * the outputs of the batch are unspecified.
+ */
+int sparq_backend_attend(struct sparq_backend *be, struct sparq_attend_batch *batch);
+
+#endif

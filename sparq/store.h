@@ -1,0 +1,72 @@
+/*
+ * store.h — the record store: where the authoritative, full-precision records of a
+ * stream live (DESIGN.md §2). A record is position j's K row and V row back to back
+ * (d=128 fp16: 256 B + 256 B = 512 B). The algorithm reaches records only through
+ * this interface, so the tiers (NUMA arenas, NVMe through io_uring) plug in without
+ * touching it. Gathers are batched across streams so that a tier can issue the
+ * reads of a whole layer at once.
+ *
+ * sparq_store_heap_create() is the plain host-RAM implementation the core ships with.
+ */
+#ifndef SPARQ_STORE_H
+#define SPARQ_STORE_H
+
+#include <stdint.h>
+
+struct sparq_store_stream; /* one stream's records inside a store; owned by the store */
+
+/* One stream's share of a batched gather: records pos[0..n) copied, in that order, to out. */
+struct sparq_gather {
+	struct sparq_store_stream *stream;
+	const uint32_t *pos;    /* [n] positions, each < the stream's length */
+	uint32_t n;
+	void *out;              /* [n][record_bytes] */
+};
+
+struct sparq_store_ops {
+	const char *name;
+	/* A new empty stream of records of record_bytes each. */
+	int (*stream_open)(void *ctx, uint32_t record_bytes, struct sparq_store_stream **out);
+	void (*stream_close)(void *ctx, struct sparq_store_stream *s);
+	/*
+	 * Writes records pos..pos+n-1 from n K rows and n V rows (row_bytes = record_bytes/2
+	 * each). pos must be <= the stream's length; the length becomes pos + n, so a
+	 * failed append of the caller can simply be written again. -ENOSPC when full.
+	 */
+	int (*write)(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint32_t n,
+		     const void *k_rows, const void *v_rows);
+	/* Copies the requested records; -ERANGE for a position past a stream's end. */
+	int (*gather)(void *ctx, const struct sparq_gather *g, uint32_t n);
+	/*
+	 * Optional (NULL where records are not byte-addressable, e.g. on NVMe): the address
+	 * of record pos in memory and, in *n_run, how many consecutive records follow it
+	 * there. Lets RAM tiers be read in place (CPU exact step, GPU zero-copy gather).
+	 * Valid until the stream is next written or closed.
+	 */
+	const void *(*addr)(void *ctx, struct sparq_store_stream *s, uint32_t pos,
+			    uint32_t *n_run);
+	void (*destroy)(void *ctx);
+};
+
+struct sparq_store {
+	const struct sparq_store_ops *ops;
+	void *ctx;
+};
+
+/*
+ * Host-RAM store: records in chunks of chunk_records consecutive positions of one
+ * stream (a power of two), at most capacity_bytes of chunks in all (0 = unlimited).
+ * Returns -EINVAL for a chunk size that is not a power of two, -ENOMEM.
+ */
+int sparq_store_heap_create(uint32_t chunk_records, uint64_t capacity_bytes,
+			    struct sparq_store **out);
+/* Bytes of chunk memory the heap store holds now. */
+uint64_t sparq_store_heap_used(const struct sparq_store *st);
+
+static inline void sparq_store_destroy(struct sparq_store *st)
+{
+	if (st)
+		st->ops->destroy(st->ctx);
+}
+
+#endif

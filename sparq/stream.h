@@ -1,0 +1,49 @@
+/*
+ * stream.h — one stream: positions 0..S-1 of one (session, layer, KV head)
+ * (DESIGN.md §2). It ties together the three things a decode step needs: the
+ * backend's channel-major key slice for scoring, the store's full-precision records
+ * for the exact step, and the fp32 running sum of V for the mean.
+ *
+ * A stream is not thread-safe: appends and attends on one stream are serialized by
+ * the caller; distinct streams may be used from distinct threads.
+ */
+#ifndef SPARQ_STREAM_H
+#define SPARQ_STREAM_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "sparq.h"
+#include "store.h"
+
+struct sparq_stream;
+
+/*
+ * A new empty stream of head dimension d in storage dtype dt, its key slice on be
+ * and its records in st (both must outlive it). -EINVAL for a bad geometry, -ENOMEM.
+ */
+int sparq_stream_create(struct sparq_backend *be, struct sparq_store *st, uint32_t d,
+			enum sparq_dtype dt, struct sparq_stream **out, const char **why);
+void sparq_stream_destroy(struct sparq_stream *s);
+
+/*
+ * Appends n positions: k and v are [n][d] rows in the stream's dtype. Nothing is
+ * appended on failure: -EINVAL for NaN/Inf in k or v (the reason names which),
+ * -EOVERFLOW past SPARQ_POS_MAX, or the store's/backend's error (-ENOSPC, -ENOMEM).
+ */
+int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
+			const uint16_t *v, const char **why);
+
+uint32_t sparq_stream_len(const struct sparq_stream *s);
+uint32_t sparq_stream_head_dim(const struct sparq_stream *s);
+enum sparq_dtype sparq_stream_dtype(const struct sparq_stream *s);
+/* K row and V row back to back: 2·d·sizeof(dtype). */
+uint32_t sparq_stream_record_bytes(const struct sparq_stream *s);
+
+/* Copies records pos[0..n) (K row then V row each) to out; -ERANGE past the end. */
+int sparq_stream_gather(struct sparq_stream *s, const uint32_t *pos, uint32_t n, void *out);
+
+/* The fp32 mean of V over all positions, [d]; -ENODATA for an empty stream. */
+int sparq_stream_vmean(const struct sparq_stream *s, float *out);
+
+#endif
