@@ -1,0 +1,718 @@
+/*
+ * cpu_backend.c — the CPU backend: key slices in host RAM and the SparQ decode step
+ * (SPARQ.md steps 1-7) on the processor's cores.
+ *
+ * A batch runs phase by phase over all its items — score, select, gather, exact —
+ * so that the store sees one gather for the whole layer (a tier can batch its reads)
+ * and so that each phase's wall time is measurable. Within a phase the items are
+ * spread over the worker pool.
+ *
+ * Key slice: blocks of SLICE_BLOCK positions, each channel-major ([d][cap]); only the
+ * last block may be smaller, and it doubles as it fills, so short streams stay small
+ * and an append never rewrites more than that one block. Block capacities are
+ * multiples of the kernel tile and unused tail positions are zero, so scoring runs
+ * whole tiles without a remainder loop.
+ *
+ * Scratch memory lives in the backend and is reused across calls (no page faults
+ * on the decode path); attend calls on one backend are therefore serialized.
+ */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../backend-impl.h"
+#include "../half.h"
+#include "../stream.h"
+#include "cpu-impl.h"
+#include "pool.h"
+
+#define SLICE_BLOCK 4096u
+
+struct cpu_block {
+	uint16_t *kt;   /* [d][cap] */
+	uint32_t cap;
+};
+
+struct cpu_slice {
+	struct sparq_slice pub;
+	uint32_t n_blocks, cap_blocks;
+	struct cpu_block *blocks;
+};
+
+struct cpu_ctx {
+	struct sparq_backend pub;
+	const struct sparq_cpu_kernels *k;
+	struct sparq_pool *pool;
+	pthread_mutex_t mu;      /* one attend at a time: the scratch arena is shared */
+	uint8_t *scratch;
+	size_t scratch_cap;
+};
+
+/* Per-item state of one call, carved from the scratch arena. */
+struct item_work {
+	struct sparq_attend_item *it;
+	struct cpu_slice *sl;
+	struct sparq_store *store;
+	uint32_t S, S_pad, d, g, n_vis, rec_bytes;
+	bool dense;          /* every visible position is selected: exact dense attention */
+	bool per_head;       /* per-head logits are needed (the blend's softmax mass) */
+	float *q_comp;       /* [g][r] q_h[i1] / τ_h, or [1][r] their sum over heads */
+	uint32_t *comp;      /* [r] */
+	float *z;            /* [g][S_pad] per-head approximate logits (per_head only) */
+	float *zsum;         /* [S_pad] group-summed logits */
+	float *zmax;         /* [g] */
+	double *zden;        /* [g] softmax denominators over the visible positions */
+	uint32_t *sel;       /* [n_sel] ascending */
+	uint32_t n_sel;
+	uint32_t *cand;      /* [S] select scratch */
+	float *alpha;        /* [g] */
+	const void **rows;   /* [n_sel] record addresses */
+	uint8_t *gbuf;       /* [n_sel][rec_bytes] when the store is not addressable */
+	float *w;            /* [g][n_sel] exact logits, then weights */
+	float *qs;           /* [g][d] q / sqrt(d) */
+	uint8_t *mbuf;       /* [MASK_BATCH][rec_bytes] masked rows for the mean */
+	uint32_t *mpos;      /* [MASK_BATCH] */
+	const void **mrows;  /* [MASK_BATCH] */
+	int ret;
+	const char *why;
+};
+
+#define MASK_BATCH 256u
+
+struct call {
+	struct cpu_ctx *cx;
+	struct item_work *w;
+	uint32_t n;
+	enum sparq_attend_mode mode;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static float elem(uint16_t x, enum sparq_dtype dt)
+{
+	return dt == SPARQ_DTYPE_F16 ? sparq_f16_to_f32(x) : sparq_bf16_to_f32(x);
+}
+
+/* ---- key slice ---- */
+
+static int cpu_slice_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct sparq_slice **out)
+{
+	struct cpu_ctx *cx = ctx;
+	struct cpu_slice *sl = calloc(1, sizeof(*sl));
+
+	if (!sl)
+		return -ENOMEM;
+	sl->pub.owner = &cx->pub;
+	sl->pub.d = d;
+	sl->pub.dtype = dt;
+	*out = &sl->pub;
+	return 0;
+}
+
+static void cpu_slice_destroy(void *ctx, struct sparq_slice *pub)
+{
+	struct cpu_slice *sl = (struct cpu_slice *)pub;
+
+	(void)ctx;
+	if (!sl)
+		return;
+	for (uint32_t b = 0; b < sl->n_blocks; b++)
+		free(sl->blocks[b].kt);
+	free(sl->blocks);
+	free(sl);
+}
+
+/* Makes block b able to hold offset off (b is the last block or a new one). */
+static int slice_reserve(struct cpu_slice *sl, uint32_t b, uint32_t off)
+{
+	uint32_t d = sl->pub.d;
+
+	if (b >= sl->n_blocks) {
+		if (b >= sl->cap_blocks) {
+			uint32_t cap = sl->cap_blocks ? 2 * sl->cap_blocks : 4;
+			struct cpu_block *t = realloc(sl->blocks, cap * sizeof(*t));
+			if (!t)
+				return -ENOMEM;
+			sl->blocks = t;
+			sl->cap_blocks = cap;
+		}
+		/* a stream past its first block is long: later blocks start full-size */
+		uint32_t cap = b == 0 ? SPARQ_CPU_TILE : SLICE_BLOCK;
+		uint16_t *kt = calloc((size_t)d * cap, sizeof(uint16_t));
+		if (!kt)
+			return -ENOMEM;
+		sl->blocks[b] = (struct cpu_block){ .kt = kt, .cap = cap };
+		sl->n_blocks = b + 1;
+	}
+	struct cpu_block *blk = &sl->blocks[b];
+	if (off < blk->cap)
+		return 0;
+	uint32_t cap = blk->cap;
+	while (cap <= off)
+		cap *= 2;
+	uint16_t *kt = calloc((size_t)d * cap, sizeof(uint16_t));
+	if (!kt)
+		return -ENOMEM;
+	for (uint32_t c = 0; c < d; c++)
+		memcpy(kt + (size_t)c * cap, blk->kt + (size_t)c * blk->cap,
+		       blk->cap * sizeof(uint16_t));
+	free(blk->kt);
+	blk->kt = kt;
+	blk->cap = cap;
+	return 0;
+}
+
+static int cpu_slice_write(void *ctx, struct sparq_slice *pub, uint32_t pos, uint32_t n,
+			   const uint16_t *k_rows)
+{
+	struct cpu_slice *sl = (struct cpu_slice *)pub;
+	uint32_t d = pub->d;
+	int ret;
+
+	(void)ctx;
+	/* reserve every block the append touches before writing: a failure then leaves
+	 * the positions below pos as they were (spare capacity is harmless) */
+	uint32_t last = pos + n - 1;
+	for (uint32_t b = pos / SLICE_BLOCK; b <= last / SLICE_BLOCK; b++) {
+		ret = slice_reserve(sl, b, b == last / SLICE_BLOCK ? last % SLICE_BLOCK
+								: SLICE_BLOCK - 1);
+		if (ret)
+			return ret;
+	}
+	for (uint32_t i = 0; i < n;) {
+		uint32_t p = pos + i, b = p / SLICE_BLOCK, off = p % SLICE_BLOCK;
+		uint32_t run = SLICE_BLOCK - off < n - i ? SLICE_BLOCK - off : n - i;
+
+		struct cpu_block *blk = &sl->blocks[b];
+		/* transpose the run channel by channel: each write stream stays sequential */
+		for (uint32_t c = 0; c < d; c++) {
+			uint16_t *dst = blk->kt + (size_t)c * blk->cap + off;
+			const uint16_t *src = k_rows + (size_t)i * d + c;
+			for (uint32_t t = 0; t < run; t++)
+				dst[t] = src[(size_t)t * d];
+		}
+		i += run;
+	}
+	return 0;
+}
+
+/* ---- per-item phases ---- */
+
+static void choose_components(const float *q, uint32_t g, uint32_t d, uint32_t r,
+			      uint32_t *comp, float *score)
+{
+	/* r largest Σ_h|q_h,i|, ties to the lower index: a partial selection sort over
+	 * d <= 1024 entries keeps the rule obvious; it is O(r·d), negligible next to S. */
+	for (uint32_t i = 0; i < d; i++) {
+		float s = 0.0f;
+		for (uint32_t h = 0; h < g; h++)
+			s += fabsf(q[h * d + i]);
+		score[i] = s;
+	}
+	for (uint32_t t = 0; t < r; t++) {
+		uint32_t best = UINT32_MAX;
+		for (uint32_t i = 0; i < d; i++) {
+			if (score[i] < 0.0f)
+				continue; /* taken */
+			if (best == UINT32_MAX || score[i] > score[best])
+				best = i;
+		}
+		comp[t] = best;
+		score[best] = -1.0f;
+	}
+	/* ascending channel order: the slice is then walked front to back */
+	for (uint32_t a = 1; a < r; a++) {
+		uint32_t v = comp[a], b = a;
+		for (; b > 0 && comp[b - 1] > v; b--)
+			comp[b] = comp[b - 1];
+		comp[b] = v;
+	}
+}
+
+static void phase_score(struct call *c, struct item_work *w)
+{
+	const struct sparq_cpu_kernels *k = c->cx->k;
+	const struct sparq_attend_item *it = w->it;
+	uint32_t d = w->d, g = w->g, r = it->used.r;
+	enum sparq_dtype dt = w->sl->pub.dtype;
+	float *cscore = w->qs; /* [d] free until the exact phase */
+
+	choose_components(it->q, g, d, r, w->comp, cscore);
+	for (uint32_t h = 0; h < g; h++) {
+		const float *qh = it->q + (size_t)h * d;
+		double all = 0.0, kept = 0.0;
+
+		for (uint32_t i = 0; i < d; i++)
+			all += fabsf(qh[i]);
+		for (uint32_t i = 0; i < r; i++)
+			kept += fabsf(qh[w->comp[i]]);
+		/* τ = sqrt(d·kept/all); a head with nothing kept has all-zero logits */
+		float tau = kept > 0.0 ? (float)sqrt((double)d * kept / all) : sqrtf((float)d);
+		for (uint32_t i = 0; i < r; i++)
+			w->q_comp[h * r + i] = qh[w->comp[i]] / tau;
+	}
+	if (!w->per_head) {
+		/* Selection needs only Σ_h z_h, which is linear in q: score once with the
+		 * summed query instead of g times. */
+		for (uint32_t h = 1; h < g; h++)
+			for (uint32_t i = 0; i < r; i++)
+				w->q_comp[i] += w->q_comp[h * r + i];
+	}
+
+	uint32_t G = w->per_head ? g : 1;
+	float *out = w->per_head ? w->z : w->zsum;
+	for (uint32_t b = 0; b < w->sl->n_blocks; b++) {
+		const struct cpu_block *blk = &w->sl->blocks[b];
+		uint32_t base = b * SLICE_BLOCK;
+		uint32_t n = w->S - base < blk->cap ? w->S - base : blk->cap;
+
+		n = (n + SPARQ_CPU_TILE - 1) / SPARQ_CPU_TILE * SPARQ_CPU_TILE;
+		k->score(blk->kt, blk->cap, n, w->comp, r, w->q_comp, G, dt, out + base, w->S_pad);
+	}
+
+	const uint64_t *ex = it->exclude;
+	bool finite = true;
+	if (w->per_head) {
+		for (uint32_t j = 0; j < w->S; j++) {
+			float s = 0.0f;
+			for (uint32_t h = 0; h < g; h++)
+				s += w->z[(size_t)h * w->S_pad + j];
+			w->zsum[j] = s;
+		}
+		for (uint32_t h = 0; h < g; h++) {
+			const float *zh = w->z + (size_t)h * w->S_pad;
+			float m = -FLT_MAX;
+			for (uint32_t j = 0; j < w->S; j++) {
+				if (sparq_excluded(ex, j))
+					continue;
+				finite &= fabsf(zh[j]) <= FLT_MAX;
+				m = zh[j] > m ? zh[j] : m;
+			}
+			w->zmax[h] = m;
+			w->zden[h] = k->exp_shift(zh, w->S, m, ex, NULL);
+		}
+	}
+	for (uint32_t j = 0; j < w->S; j++)
+		finite &= fabsf(w->zsum[j]) <= FLT_MAX;
+	if (!finite) {
+		w->ret = -ERANGE;
+		w->why = "approximate logits overflow fp32 (keys or queries too large)";
+	}
+	if (it->comp)
+		memcpy(it->comp, w->comp, r * sizeof(uint32_t));
+}
+
+static void phase_select(struct call *c, struct item_work *w)
+{
+	const struct sparq_attend_item *it = w->it;
+	const uint64_t *ex = it->exclude;
+	uint32_t S = w->S;
+
+	if (w->dense) {
+		uint32_t o = 0;
+		for (uint32_t j = 0; j < S; j++)
+			if (!sparq_excluded(ex, j))
+				w->sel[o++] = j;
+		w->n_sel = o;
+		for (uint32_t h = 0; h < w->g; h++)
+			w->alpha[h] = 1.0f;
+		return;
+	}
+
+	/* local window: the current token (if visible) and the l most recent visible
+	 * positions before it — an explicit set, never a logit bonus */
+	uint32_t k = it->used.k, wn = 0, w_start = S;
+	uint32_t want = it->used.l + !sparq_excluded(ex, S - 1);
+	for (uint32_t j = S; j-- > 0 && wn < want;) {
+		if (!sparq_excluded(ex, j)) {
+			w_start = j;
+			wn++;
+		}
+	}
+	uint32_t m = k - wn;
+	sparq_cpu_topk(w->zsum, w_start, ex, m, w->cand, w->sel);
+	uint32_t o = m;
+	for (uint32_t j = w_start; j < S; j++)
+		if (!sparq_excluded(ex, j))
+			w->sel[o++] = j;
+	w->n_sel = o;
+
+	for (uint32_t h = 0; h < w->g; h++) {
+		if (!it->used.blend) {
+			w->alpha[h] = 1.0f;
+			continue;
+		}
+		const float *zh = w->z + (size_t)h * w->S_pad;
+		float *tmp = w->w; /* [n_sel] free until the exact phase */
+		for (uint32_t i = 0; i < w->n_sel; i++)
+			tmp[i] = zh[w->sel[i]];
+		double num = c->cx->k->exp_shift(tmp, w->n_sel, w->zmax[h], NULL, NULL);
+		double a = num / w->zden[h];
+		w->alpha[h] = (float)(a > 1.0 ? 1.0 : a);
+	}
+}
+
+/* Record addresses for pos[0..n): in place when the store is addressable, else copied. */
+static int fetch_rows(struct sparq_store *st, struct sparq_store_stream *rs, const uint32_t *pos,
+		      uint32_t n, uint32_t rec_bytes, const void **rows, uint8_t *buf)
+{
+	if (st->ops->addr) {
+		for (uint32_t i = 0; i < n;) {
+			uint32_t run = 0;
+			const uint8_t *a = st->ops->addr(st->ctx, rs, pos[i], &run);
+			if (!a)
+				return -ERANGE;
+			/* consecutive positions in one chunk need no further lookups */
+			uint32_t t = 0;
+			do {
+				rows[i + t] = a + (size_t)(pos[i + t] - pos[i]) * rec_bytes;
+				t++;
+			} while (i + t < n && pos[i + t] - pos[i] < run);
+			i += t;
+		}
+		return 0;
+	}
+	struct sparq_gather g = { .stream = rs, .pos = pos, .n = n, .out = buf };
+	int ret = st->ops->gather(st->ctx, &g, 1);
+	for (uint32_t i = 0; ret == 0 && i < n; i++)
+		rows[i] = buf + (size_t)i * rec_bytes;
+	return ret;
+}
+
+static void phase_gather(struct call *c, struct item_work *w)
+{
+	(void)c;
+	w->ret = fetch_rows(w->store, sparq_stream_records(w->it->stream), w->sel, w->n_sel,
+			    w->rec_bytes, w->rows, w->gbuf);
+	if (w->ret)
+		w->why = "record store gather failed";
+}
+
+/* v̄ over the visible positions: the running sum less the masked rows. */
+static int visible_mean(struct item_work *w, float *vbar)
+{
+	const uint64_t *ex = w->it->exclude;
+	enum sparq_dtype dt = w->sl->pub.dtype;
+	struct sparq_stream *s = w->it->stream;
+	double *acc = (double *)w->w; /* reuse: [d] doubles fit in w, see scratch sizing */
+	float *sum = vbar;
+	uint32_t d = w->d, nm = 0;
+
+	sparq_stream_vsum(s, sum);
+	for (uint32_t i = 0; i < d; i++)
+		acc[i] = sum[i];
+	for (uint32_t j = 0; ex && j <= w->S; j++) {
+		if (j < w->S && sparq_excluded(ex, j))
+			w->mpos[nm++] = j;
+		if (nm == MASK_BATCH || (j == w->S && nm)) {
+			int ret = fetch_rows(w->store, sparq_stream_records(s), w->mpos, nm,
+					     w->rec_bytes, w->mrows, w->mbuf);
+			if (ret)
+				return ret;
+			for (uint32_t t = 0; t < nm; t++) {
+				const uint16_t *v = (const uint16_t *)w->mrows[t] + d;
+				for (uint32_t i = 0; i < d; i++)
+					acc[i] -= elem(v[i], dt);
+			}
+			nm = 0;
+		}
+	}
+	for (uint32_t i = 0; i < d; i++)
+		vbar[i] = (float)(acc[i] / w->n_vis);
+	return 0;
+}
+
+static void phase_exact(struct call *c, struct item_work *w)
+{
+	const struct sparq_cpu_kernels *k = c->cx->k;
+	struct sparq_attend_item *it = w->it;
+	uint32_t d = w->d, g = w->g, n = w->n_sel;
+	enum sparq_dtype dt = w->sl->pub.dtype;
+	float inv = 1.0f / sqrtf((float)d);
+	float *vbar = w->zmax; /* [d]: sized max(g, d) */
+	bool blended = false;
+
+	/* scale q before the dot product (SPARQ.md pitfall: fp16 range) */
+	for (uint32_t i = 0; i < g * d; i++)
+		w->qs[i] = it->q[i] * inv;
+	k->logits(w->rows, n, d, w->qs, g, dt, w->w);
+	for (uint32_t h = 0; h < g; h++) {
+		float *lh = w->w + (size_t)h * n, m = -FLT_MAX;
+		for (uint32_t j = 0; j < n; j++)
+			m = lh[j] > m ? lh[j] : m;
+		double den = k->exp_shift(lh, n, m, NULL, lh);
+		float invden = (float)(1.0 / den);
+		for (uint32_t j = 0; j < n; j++)
+			lh[j] *= invden;
+		blended |= w->alpha[h] < 1.0f;
+	}
+	memset(it->y, 0, (size_t)g * d * sizeof(float));
+	k->accum_v(w->rows, n, d, w->w, g, dt, it->y);
+	if (blended) {
+		/* w->w is free again: visible_mean borrows it for its double accumulator */
+		w->ret = visible_mean(w, vbar);
+		if (w->ret) {
+			w->why = "record store read failed (masked rows for the mean)";
+			return;
+		}
+		for (uint32_t h = 0; h < g; h++) {
+			float a = w->alpha[h];
+			for (uint32_t i = 0; i < d; i++)
+				it->y[h * d + i] = a * it->y[h * d + i] + (1.0f - a) * vbar[i];
+		}
+	}
+}
+
+static void run_score(void *arg, uint32_t t, uint32_t worker)
+{
+	struct call *c = arg;
+	(void)worker;
+	if (!c->w[t].dense)
+		phase_score(c, &c->w[t]);
+}
+
+static void run_select(void *arg, uint32_t t, uint32_t worker)
+{
+	struct call *c = arg;
+	(void)worker;
+	if (c->w[t].ret == 0)
+		phase_select(c, &c->w[t]);
+}
+
+static void run_gather(void *arg, uint32_t t, uint32_t worker)
+{
+	struct call *c = arg;
+	(void)worker;
+	phase_gather(c, &c->w[t]);
+}
+
+static void run_exact(void *arg, uint32_t t, uint32_t worker)
+{
+	struct call *c = arg;
+	(void)worker;
+	phase_exact(c, &c->w[t]);
+}
+
+/* ---- scratch sizing ---- */
+
+static size_t align64(size_t x)
+{
+	return (x + 63) & ~(size_t)63;
+}
+
+static uint32_t count_visible(const uint64_t *ex, uint32_t S)
+{
+	uint32_t n = 0;
+	for (uint32_t j = 0; j < S; j++)
+		n += !sparq_excluded(ex, j);
+	return n;
+}
+
+/* Sizes item i's scratch and, when base is given, points its buffers into it. */
+static size_t layout_item(struct item_work *w, uint8_t *base)
+{
+	size_t off = 0;
+	uint32_t g = w->g, d = w->d, r = w->it->used.r;
+	uint32_t n_sel = w->dense ? w->n_vis : w->it->used.k;
+	uint32_t gd = g > d ? g : d;
+	size_t wn = (size_t)g * n_sel;
+
+	if (wn < 2 * (size_t)d) /* visible_mean's [d] doubles */
+		wn = 2 * (size_t)d;
+#define CARVE(field, count)                                                       \
+	do {                                                                      \
+		if (base)                                                         \
+			w->field = (void *)(base + off);                          \
+		off += align64((size_t)(count) * sizeof(*w->field));              \
+	} while (0)
+	CARVE(q_comp, (size_t)g * r);
+	CARVE(comp, r);
+	CARVE(zmax, gd);
+	CARVE(zden, g);
+	CARVE(alpha, g);
+	CARVE(qs, (size_t)g * d);
+	CARVE(sel, n_sel);
+	CARVE(rows, n_sel);
+	CARVE(w, wn);
+	if (!w->dense) {
+		CARVE(zsum, w->S_pad);
+		CARVE(cand, w->S);
+		if (w->per_head)
+			CARVE(z, (size_t)g * w->S_pad);
+	}
+	if (!w->store->ops->addr)
+		CARVE(gbuf, (size_t)n_sel * w->rec_bytes);
+	if (w->it->exclude) {
+		CARVE(mpos, MASK_BATCH);
+		CARVE(mrows, MASK_BATCH);
+		if (!w->store->ops->addr)
+			CARVE(mbuf, (size_t)MASK_BATCH * w->rec_bytes);
+	}
+#undef CARVE
+	return off;
+}
+
+static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
+{
+	struct cpu_ctx *cx = ctx;
+	struct item_work *w;
+	struct call call;
+	size_t total = 0;
+	uint64_t t0, t1;
+	int ret = 0;
+
+	w = calloc(b->n, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct sparq_attend_item *it = &b->items[i];
+		struct item_work *iw = &w[i];
+
+		iw->it = it;
+		iw->sl = (struct cpu_slice *)sparq_stream_slice(it->stream);
+		iw->store = sparq_stream_store(it->stream);
+		iw->S = sparq_stream_len(it->stream);
+		iw->S_pad = (iw->S + SPARQ_CPU_TILE - 1) / SPARQ_CPU_TILE * SPARQ_CPU_TILE;
+		iw->d = sparq_stream_head_dim(it->stream);
+		iw->g = it->g;
+		iw->rec_bytes = sparq_stream_record_bytes(it->stream);
+		iw->n_vis = count_visible(it->exclude, iw->S);
+		iw->dense = iw->n_vis <= it->used.k;
+		iw->per_head = !iw->dense && it->used.blend;
+		total += layout_item(iw, NULL);
+	}
+
+	pthread_mutex_lock(&cx->mu);
+	if (total > cx->scratch_cap) {
+		free(cx->scratch);
+		cx->scratch = aligned_alloc(64, align64(total));
+		cx->scratch_cap = cx->scratch ? align64(total) : 0;
+		if (!cx->scratch) {
+			ret = -ENOMEM;
+			b->why = "out of memory for scratch";
+			goto out;
+		}
+	}
+	total = 0;
+	for (uint32_t i = 0; i < b->n; i++)
+		total += layout_item(&w[i], cx->scratch + total);
+
+	call = (struct call){ .cx = cx, .w = w, .n = b->n, .mode = b->mode };
+	t0 = now_ns();
+	sparq_pool_run(cx->pool, b->n, run_score, &call);
+	t1 = now_ns();
+	b->stats.score_ns += t1 - t0;
+	sparq_pool_run(cx->pool, b->n, run_select, &call);
+	t0 = now_ns();
+	b->stats.select_ns += t0 - t1;
+	for (uint32_t i = 0; i < b->n; i++) {
+		if (w[i].ret) {
+			ret = w[i].ret;
+			b->bad_item = (int32_t)i;
+			b->why = w[i].why;
+			goto out;
+		}
+		if (!w[i].dense)
+			b->stats.slice_bytes += (uint64_t)w[i].it->used.r * w[i].S_pad *
+						sparq_dtype_size(w[i].sl->pub.dtype);
+		struct sparq_attend_item *it = w[i].it;
+		it->n_sel = w[i].n_sel;
+		if (it->sel)
+			memcpy(it->sel, w[i].sel, w[i].n_sel * sizeof(uint32_t));
+		if (it->alpha)
+			memcpy(it->alpha, w[i].alpha, w[i].g * sizeof(float));
+	}
+	if (b->mode == SPARQ_ATTEND_SELECT)
+		goto out;
+
+	sparq_pool_run(cx->pool, b->n, run_gather, &call);
+	t1 = now_ns();
+	b->stats.gather_ns += t1 - t0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		if (w[i].ret) {
+			ret = w[i].ret;
+			b->bad_item = (int32_t)i;
+			b->why = w[i].why;
+			goto out;
+		}
+		b->stats.record_bytes += (uint64_t)w[i].n_sel * w[i].rec_bytes;
+	}
+	sparq_pool_run(cx->pool, b->n, run_exact, &call);
+	b->stats.exact_ns += now_ns() - t1;
+	for (uint32_t i = 0; i < b->n; i++) {
+		if (w[i].ret) {
+			ret = w[i].ret;
+			b->bad_item = (int32_t)i;
+			b->why = w[i].why;
+			goto out;
+		}
+		if (w[i].it->exclude && w[i].it->used.blend)
+			b->stats.record_bytes += (uint64_t)(w[i].S - w[i].n_vis) * w[i].rec_bytes;
+	}
+out:
+	pthread_mutex_unlock(&cx->mu);
+	free(w);
+	return ret;
+}
+
+static void cpu_destroy(void *ctx)
+{
+	struct cpu_ctx *cx = ctx;
+
+	sparq_pool_destroy(cx->pool);
+	pthread_mutex_destroy(&cx->mu);
+	free(cx->scratch);
+	free(cx);
+}
+
+static const struct sparq_backend_ops cpu_ops = {
+	.name = "cpu",
+	.slice_create = cpu_slice_create,
+	.slice_write = cpu_slice_write,
+	.slice_destroy = cpu_slice_destroy,
+	.attend = cpu_attend,
+	.destroy = cpu_destroy,
+};
+
+int sparq_cpu_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out)
+{
+	struct cpu_ctx *cx;
+	uint32_t threads = cfg ? cfg->n_threads : 0;
+	int ret;
+
+	if (threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = n > 0 ? (uint32_t)n : 1;
+	}
+	if (threads > 256)
+		return -EINVAL;
+	cx = calloc(1, sizeof(*cx));
+	if (!cx)
+		return -ENOMEM;
+	cx->k = (cfg && cfg->cpu_portable) ? NULL : sparq_cpu_kernels_avx2();
+	if (!cx->k)
+		cx->k = &sparq_cpu_kernels_portable;
+	ret = sparq_pool_create(threads, &cx->pool);
+	if (ret) {
+		free(cx);
+		return ret;
+	}
+	pthread_mutex_init(&cx->mu, NULL);
+	cx->pub.ops = &cpu_ops;
+	cx->pub.ctx = cx;
+	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%s, %u threads", cx->k->isa, threads);
+	*out = &cx->pub;
+	return 0;
+}
