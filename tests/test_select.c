@@ -32,7 +32,7 @@ static void check(const float *x, uint32_t n, const uint64_t *ex, uint32_t m, co
 {
 	struct kv *all = t_alloc(n * sizeof(*all));
 	uint32_t *want = t_alloc((m + 1) * sizeof(uint32_t)), *got = t_alloc((m + 1) * sizeof(uint32_t));
-	uint32_t *scratch = t_alloc(n * sizeof(uint32_t)), e = 0;
+	uint32_t *scratch = t_alloc(3 * (size_t)n * sizeof(uint32_t)), e = 0;
 
 	for (uint32_t j = 0; j < n; j++)
 		if (!sparq_excluded(ex, j))
@@ -54,7 +54,7 @@ static void check(const float *x, uint32_t n, const uint64_t *ex, uint32_t m, co
 int main(void)
 {
 	struct t_rng rng = { 99 };
-	static const uint32_t sizes[] = { 1, 2, 7, 64, 65, 1000, 4096, 100003 };
+	static const uint32_t sizes[] = { 1, 2, 7, 64, 65, 1000, 4096, 8192, 100003, 300000 };
 	unsigned runs = 0;
 
 	for (unsigned si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
@@ -84,8 +84,10 @@ int main(void)
 							eligible--;
 						}
 				}
-				uint32_t ms[] = { 1, 2, eligible / 3, eligible - 1, eligible };
-				for (unsigned mi = 0; mi < 5; mi++) {
+				/* small shares take the sampled path, large ones the exact one */
+				uint32_t ms[] = { 1, 2, eligible / 100, eligible / 16, eligible / 5,
+						  eligible / 3, eligible - 1, eligible };
+				for (unsigned mi = 0; mi < 8; mi++) {
 					if (ms[mi] == 0 || ms[mi] > eligible)
 						continue;
 					check(x, n, masked ? ex : NULL, ms[mi], masked ? "masked" : "plain");

@@ -17,14 +17,17 @@
 
 /* Positions a scoring kernel handles per step; block capacities are multiples of it. */
 #define SPARQ_CPU_TILE 64u
+/* Records per tile of the exact step; attend_rows' scratch holds at least g of them. */
+#define SPARQ_CPU_ROW_TILE 32u
 
 struct sparq_cpu_kernels {
 	const char *isa;
 	/*
 	 * z[h*zs + j] = Σ_i qc[h*r + i] · K[comp[i]][j] for h < G, j < n (n a multiple
-	 * of SPARQ_CPU_TILE), K the block kt of capacity cap.
+	 * of SPARQ_CPU_TILE), K the block kt of capacity cap. Returns max |z| (NaN or inf
+	 * when the fp32 logits overflowed), so no separate pass has to look.
 	 */
-	void (*score)(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
+	float (*score)(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
 		      uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt, float *z,
 		      size_t zs);
 	/*
@@ -33,12 +36,13 @@ struct sparq_cpu_kernels {
 	 */
 	double (*exp_shift)(const float *x, uint32_t n, float m, const uint64_t *exclude,
 			    float *out);
-	/* out[h*n + j] = Σ_c qs[h*d + c] · K_j[c], K_j the first half of record rows[j]. */
-	void (*logits)(const void *const *rows, uint32_t n, uint32_t d, const float *qs,
-		       uint32_t g, enum sparq_dtype dt, float *out);
-	/* y[h*d + c] += Σ_j w[h*n + j] · V_j[c], V_j the second half of record rows[j]. */
-	void (*accum_v)(const void *const *rows, uint32_t n, uint32_t d, const float *w,
-			uint32_t g, enum sparq_dtype dt, float *y);
+	/*
+	 * Exact attention over n records: y[h*d + c] = Σ_j softmax_j(qs_h · K_j) V_j[c],
+	 * K_j and V_j the halves of record rows[j]; scratch holds
+	 * g * max(n, SPARQ_CPU_ROW_TILE) floats.
+	 */
+	void (*attend_rows)(const void *const *rows, uint32_t n, uint32_t d, const float *qs,
+			    uint32_t g, enum sparq_dtype dt, float *y, float *scratch);
 };
 
 extern const struct sparq_cpu_kernels sparq_cpu_kernels_portable;
@@ -52,9 +56,9 @@ static inline bool sparq_excluded(const uint64_t *exclude, uint32_t j)
 
 /*
  * The m largest x[j] among j < n not excluded, ties to the lower position, written
- * ascending to out. Needs m <= that many eligible positions; scratch holds n
- * entries. A radix select over the sortable bits of x: two passes over x whatever m
- * is, no sort of the S scores.
+ * ascending to out. Needs m <= that many eligible positions; scratch holds 3n
+ * entries. No sort of the S scores: a sampled threshold and one compaction pass,
+ * then a radix select over the sortable bits of what is left (select.c).
  */
 void sparq_cpu_topk(const float *x, uint32_t n, const uint64_t *exclude, uint32_t m,
 		    uint32_t *scratch, uint32_t *out);

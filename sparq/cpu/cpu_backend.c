@@ -32,7 +32,8 @@
 #include "cpu-impl.h"
 #include "pool.h"
 
-#define SLICE_BLOCK 4096u
+/* 16K positions: each chosen channel is then a 32 KiB run, long enough to stream */
+#define SLICE_BLOCK 16384u
 
 struct cpu_block {
 	uint16_t *kt;   /* [d][cap] */
@@ -70,7 +71,7 @@ struct item_work {
 	double *zden;        /* [g] softmax denominators over the visible positions */
 	uint32_t *sel;       /* [n_sel] ascending */
 	uint32_t n_sel;
-	uint32_t *cand;      /* [S] select scratch */
+	uint32_t *cand;      /* [3S] select scratch */
 	float *alpha;        /* [g] */
 	const void **rows;   /* [n_sel] record addresses */
 	uint8_t *gbuf;       /* [n_sel][rec_bytes] when the store is not addressable */
@@ -273,39 +274,39 @@ static void phase_score(struct call *c, struct item_work *w)
 
 	uint32_t G = w->per_head ? g : 1;
 	float *out = w->per_head ? w->z : w->zsum;
+	float big = 0.0f;
 	for (uint32_t b = 0; b < w->sl->n_blocks; b++) {
 		const struct cpu_block *blk = &w->sl->blocks[b];
 		uint32_t base = b * SLICE_BLOCK;
 		uint32_t n = w->S - base < blk->cap ? w->S - base : blk->cap;
 
 		n = (n + SPARQ_CPU_TILE - 1) / SPARQ_CPU_TILE * SPARQ_CPU_TILE;
-		k->score(blk->kt, blk->cap, n, w->comp, r, w->q_comp, G, dt, out + base, w->S_pad);
+		float b_big = k->score(blk->kt, blk->cap, n, w->comp, r, w->q_comp, G, dt,
+				       out + base, w->S_pad);
+		big = (b_big > big || b_big != b_big) ? b_big : big;
 	}
 
+	/* finite inputs can still overflow fp32 logits (bf16 keys reach 3e38) */
 	const uint64_t *ex = it->exclude;
-	bool finite = true;
-	if (w->per_head) {
+	bool finite = big <= FLT_MAX;
+	if (w->per_head && finite) {
 		for (uint32_t j = 0; j < w->S; j++) {
 			float s = 0.0f;
 			for (uint32_t h = 0; h < g; h++)
 				s += w->z[(size_t)h * w->S_pad + j];
 			w->zsum[j] = s;
+			finite &= fabsf(s) <= FLT_MAX;
 		}
 		for (uint32_t h = 0; h < g; h++) {
 			const float *zh = w->z + (size_t)h * w->S_pad;
 			float m = -FLT_MAX;
-			for (uint32_t j = 0; j < w->S; j++) {
-				if (sparq_excluded(ex, j))
-					continue;
-				finite &= fabsf(zh[j]) <= FLT_MAX;
-				m = zh[j] > m ? zh[j] : m;
-			}
+			for (uint32_t j = 0; j < w->S; j++)
+				if (!sparq_excluded(ex, j))
+					m = zh[j] > m ? zh[j] : m;
 			w->zmax[h] = m;
 			w->zden[h] = k->exp_shift(zh, w->S, m, ex, NULL);
 		}
 	}
-	for (uint32_t j = 0; j < w->S; j++)
-		finite &= fabsf(w->zsum[j]) <= FLT_MAX;
 	if (!finite) {
 		w->ret = -ERANGE;
 		w->why = "approximate logits overflow fp32 (keys or queries too large)";
@@ -447,19 +448,9 @@ static void phase_exact(struct call *c, struct item_work *w)
 	/* scale q before the dot product (SPARQ.md pitfall: fp16 range) */
 	for (uint32_t i = 0; i < g * d; i++)
 		w->qs[i] = it->q[i] * inv;
-	k->logits(w->rows, n, d, w->qs, g, dt, w->w);
-	for (uint32_t h = 0; h < g; h++) {
-		float *lh = w->w + (size_t)h * n, m = -FLT_MAX;
-		for (uint32_t j = 0; j < n; j++)
-			m = lh[j] > m ? lh[j] : m;
-		double den = k->exp_shift(lh, n, m, NULL, lh);
-		float invden = (float)(1.0 / den);
-		for (uint32_t j = 0; j < n; j++)
-			lh[j] *= invden;
+	k->attend_rows(w->rows, n, d, w->qs, g, dt, it->y, w->w);
+	for (uint32_t h = 0; h < g; h++)
 		blended |= w->alpha[h] < 1.0f;
-	}
-	memset(it->y, 0, (size_t)g * d * sizeof(float));
-	k->accum_v(w->rows, n, d, w->w, g, dt, it->y);
 	if (blended) {
 		/* w->w is free again: visible_mean borrows it for its double accumulator */
 		w->ret = visible_mean(w, vbar);
@@ -527,9 +518,10 @@ static size_t layout_item(struct item_work *w, uint8_t *base)
 	uint32_t g = w->g, d = w->d, r = w->it->used.r;
 	uint32_t n_sel = w->dense ? w->n_vis : w->it->used.k;
 	uint32_t gd = g > d ? g : d;
-	size_t wn = (size_t)g * n_sel;
+	/* exact-step weights, at least a tile of them; visible_mean's [d] doubles */
+	size_t wn = (size_t)g * (n_sel > SPARQ_CPU_ROW_TILE ? n_sel : SPARQ_CPU_ROW_TILE);
 
-	if (wn < 2 * (size_t)d) /* visible_mean's [d] doubles */
+	if (wn < 2 * (size_t)d)
 		wn = 2 * (size_t)d;
 #define CARVE(field, count)                                                       \
 	do {                                                                      \
@@ -548,7 +540,7 @@ static size_t layout_item(struct item_work *w, uint8_t *base)
 	CARVE(w, wn);
 	if (!w->dense) {
 		CARVE(zsum, w->S_pad);
-		CARVE(cand, w->S);
+		CARVE(cand, 3 * (size_t)w->S);
 		if (w->per_head)
 			CARVE(z, (size_t)g * w->S_pad);
 	}

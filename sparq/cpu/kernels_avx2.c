@@ -12,8 +12,13 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+/* elements ahead on each channel run (2 KiB of fp16): far enough to cover DRAM latency */
+#define SCORE_PREFETCH 1024
+/* records per tile of the exact step: 32 x 512 B stay in L1 between its two uses */
+#define ROW_TILE SPARQ_CPU_ROW_TILE
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
 AVX2_INLINE __m256 load8(const uint16_t *p, enum sparq_dtype dt)
@@ -25,10 +30,13 @@ AVX2_INLINE __m256 load8(const uint16_t *p, enum sparq_dtype dt)
 	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-AVX2_INLINE void score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
-			     const uint32_t *comp, uint32_t r, const float *qc,
-			     enum sparq_dtype dt, float *z, size_t zs, const int G, const int P)
+AVX2_INLINE __m256 score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
+			       const uint32_t *comp, uint32_t r, const float *qc,
+			       enum sparq_dtype dt, float *z, size_t zs, const int G, const int P)
 {
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	__m256 big = _mm256_setzero_ps();
+
 	for (uint32_t j = 0; j < n; j += 8u * (uint32_t)P) {
 		__m256 acc[4][8];
 
@@ -39,6 +47,10 @@ AVX2_INLINE void score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
 			const uint16_t *src = kt + (size_t)comp[i] * cap + j;
 			__m256 kv[8];
 
+			/* r interleaved runs defeat the hardware prefetcher: fetch each run
+			 * ahead by hand, one hint per 64-byte line */
+			for (int p = 0; p < P; p += 4)
+				_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH), _MM_HINT_T0);
 			for (int p = 0; p < P; p++)
 				kv[p] = load8(src + 8 * p, dt);
 			for (int h = 0; h < G; h++) {
@@ -48,26 +60,39 @@ AVX2_INLINE void score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
 			}
 		}
 		for (int h = 0; h < G; h++)
-			for (int p = 0; p < P; p++)
+			for (int p = 0; p < P; p++) {
 				_mm256_storeu_ps(z + (size_t)h * zs + j + 8 * p, acc[h][p]);
+				/* max of |z| (NaN propagates through max's second operand) */
+				big = _mm256_max_ps(_mm256_and_ps(acc[h][p], abs_mask), big);
+			}
 	}
+	return big;
 }
 
-AVX2 static void score_avx2(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
-			    uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
-			    float *z, size_t zs)
+AVX2 static float score_avx2(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
+			     uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
+			     float *z, size_t zs)
 {
-	/* heads in chunks of 4, 2, 1; tile widths 16, 32, 64 keep ≤ 12 live registers */
+	/* heads in chunks of 4, 2, 1; tile widths 16, 32, 64 keep ≤ 13 live registers */
+	__m256 big = _mm256_setzero_ps();
 	uint32_t h = 0;
 
 	for (; h + 4 <= G; h += 4)
-		score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt, z + h * zs, zs, 4, 2);
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 4, 2), big);
 	if (h + 2 <= G) {
-		score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt, z + h * zs, zs, 2, 4);
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 2, 4), big);
 		h += 2;
 	}
 	if (h < G)
-		score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt, z + h * zs, zs, 1, 8);
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 1, 8), big);
+	float lanes[8], m = 0.0f;
+	_mm256_storeu_ps(lanes, big);
+	for (int i = 0; i < 8; i++)
+		m = (lanes[i] > m || lanes[i] != lanes[i]) ? lanes[i] : m;
+	return m;
 }
 
 /* exp for x <= 0 to within 2 ulp: 2^n · p(f) with a degree-6 minimax polynomial. */
@@ -147,43 +172,123 @@ AVX2_INLINE float hsum8(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-AVX2 static void logits_avx2(const void *const *rows, uint32_t n, uint32_t d, const float *qs,
-			     uint32_t g, enum sparq_dtype dt, float *out)
+/* lt[h*ROW_TILE + t] = qs_h · K_t for heads h0..h0+G-1 over the nt records of a tile */
+AVX2_INLINE void tile_logits(const void *const *rows, uint32_t nt, uint32_t d, const float *qs,
+			     enum sparq_dtype dt, float *lt, uint32_t h0, const int G)
 {
-	for (uint32_t j = 0; j < n; j++) {
-		const uint16_t *k = rows[j];
+	for (uint32_t t = 0; t < nt; t++) {
+		const uint16_t *k = rows[t];
+		__m256 acc[4];
 
-		for (uint32_t h0 = 0; h0 < g; h0 += 4) {
-			uint32_t G = g - h0 < 4 ? g - h0 : 4;
-			__m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(),
-					  _mm256_setzero_ps(), _mm256_setzero_ps() };
-
-			for (uint32_t c = 0; c < d; c += 8) {
-				__m256 kv = load8(k + c, dt);
-				for (uint32_t h = 0; h < G; h++)
-					acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + (h0 + h) * d + c),
-								 kv, acc[h]);
-			}
-			for (uint32_t h = 0; h < G; h++)
-				out[(size_t)(h0 + h) * n + j] = hsum8(acc[h]);
+		for (int h = 0; h < G; h++)
+			acc[h] = _mm256_setzero_ps();
+		for (uint32_t c = 0; c < d; c += 8) {
+			__m256 kv = load8(k + c, dt);
+			for (int h = 0; h < G; h++)
+				acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qs + (h0 + h) * d + c), kv,
+							 acc[h]);
 		}
+		for (int h = 0; h < G; h++)
+			lt[(h0 + h) * ROW_TILE + t] = hsum8(acc[h]);
 	}
 }
 
-AVX2 static void accum_v_avx2(const void *const *rows, uint32_t n, uint32_t d, const float *w,
-			      uint32_t g, enum sparq_dtype dt, float *y)
+/*
+ * y_h += Σ_t w[h*ROW_TILE + t] · V_t[c..c+8V) over a tile, H heads × V vectors of y held
+ * in registers while the tile's rows stream past. H and V are compile-time constants
+ * so the accumulators never leave registers.
+ */
+AVX2_INLINE void tile_accum(const void *const *rows, uint32_t nt, uint32_t d, const float *w,
+			    enum sparq_dtype dt, float *y, uint32_t h0, uint32_t c, const int H,
+			    const int V)
 {
-	for (uint32_t j = 0; j < n; j++) {
-		const uint16_t *v = (const uint16_t *)rows[j] + d;
+	__m256 acc[2][4];
 
-		for (uint32_t c = 0; c < d; c += 8) {
-			__m256 vv = load8(v + c, dt);
-			for (uint32_t h = 0; h < g; h++) {
-				float *yp = y + h * d + c;
-				__m256 wj = _mm256_set1_ps(w[(size_t)h * n + j]);
-				_mm256_storeu_ps(yp, _mm256_fmadd_ps(wj, vv, _mm256_loadu_ps(yp)));
-			}
+	for (int h = 0; h < H; h++)
+		for (int v = 0; v < V; v++)
+			acc[h][v] = _mm256_loadu_ps(y + (h0 + h) * d + c + 8 * v);
+	for (uint32_t t = 0; t < nt; t++) {
+		const uint16_t *vr = (const uint16_t *)rows[t] + d + c;
+		__m256 vv[4];
+
+		for (int v = 0; v < V; v++)
+			vv[v] = load8(vr + 8 * v, dt);
+		for (int h = 0; h < H; h++) {
+			__m256 wt = _mm256_broadcast_ss(w + (h0 + h) * ROW_TILE + t);
+			for (int v = 0; v < V; v++)
+				acc[h][v] = _mm256_fmadd_ps(wt, vv[v], acc[h][v]);
 		}
+	}
+	for (int h = 0; h < H; h++)
+		for (int v = 0; v < V; v++)
+			_mm256_storeu_ps(y + (h0 + h) * d + c + 8 * v, acc[h][v]);
+}
+
+AVX2_INLINE void tile_accum_heads(const void *const *rows, uint32_t nt, uint32_t d,
+				  const float *w, enum sparq_dtype dt, float *y, uint32_t h0,
+				  const int H)
+{
+	uint32_t c = 0;
+
+	for (; c + 32 <= d; c += 32)
+		tile_accum(rows, nt, d, w, dt, y, h0, c, H, 4);
+	for (; c < d; c += 8)
+		tile_accum(rows, nt, d, w, dt, y, h0, c, H, 1);
+}
+
+/*
+ * One pass over the records with an online softmax (running max and sum per head, the
+ * partial output rescaled when the max moves), so each record is read from memory
+ * once; the next tile's records are prefetched while this one is computed.
+ */
+AVX2 static void attend_rows_avx2(const void *const *rows, uint32_t n, uint32_t d,
+				  const float *qs, uint32_t g, enum sparq_dtype dt, float *y,
+				  float *scratch)
+{
+	float *lt = scratch; /* [g][ROW_TILE] */
+	float m[SPARQ_GROUP_MAX];
+	double l[SPARQ_GROUP_MAX];
+	uint32_t rec = 4 * d; /* bytes of K row + V row at 2 bytes an element */
+
+	for (uint32_t h = 0; h < g; h++) {
+		m[h] = -INFINITY;
+		l[h] = 0.0;
+	}
+	memset(y, 0, (size_t)g * d * sizeof(float));
+	for (uint32_t t0 = 0; t0 < n; t0 += ROW_TILE) {
+		uint32_t nt = n - t0 < ROW_TILE ? n - t0 : ROW_TILE;
+		const void *const *tr = rows + t0;
+
+		for (uint32_t t = t0 + ROW_TILE; t < t0 + 2 * ROW_TILE && t < n; t++)
+			for (uint32_t b = 0; b < rec; b += 64)
+				_mm_prefetch((const char *)rows[t] + b, _MM_HINT_T0);
+		uint32_t h = 0;
+		for (; h + 4 <= g; h += 4)
+			tile_logits(tr, nt, d, qs, dt, lt, h, 4);
+		for (; h < g; h++)
+			tile_logits(tr, nt, d, qs, dt, lt, h, 1);
+		for (h = 0; h < g; h++) {
+			float *lh = lt + h * ROW_TILE, mt = m[h];
+			for (uint32_t t = 0; t < nt; t++)
+				mt = lh[t] > mt ? lh[t] : mt;
+			if (mt > m[h]) {
+				float sc = expf(m[h] - mt); /* 0 on the first tile */
+				l[h] *= sc;
+				for (uint32_t c = 0; c < d; c++)
+					y[h * d + c] *= sc;
+				m[h] = mt;
+			}
+			l[h] += exp_shift_avx2(lh, nt, mt, NULL, lh);
+		}
+		for (h = 0; h + 2 <= g; h += 2)
+			tile_accum_heads(tr, nt, d, lt, dt, y, h, 2);
+		if (h < g)
+			tile_accum_heads(tr, nt, d, lt, dt, y, h, 1);
+	}
+	for (uint32_t h = 0; h < g; h++) {
+		float inv = (float)(1.0 / l[h]);
+		for (uint32_t c = 0; c < d; c++)
+			y[h * d + c] *= inv;
 	}
 }
 
@@ -191,8 +296,7 @@ static const struct sparq_cpu_kernels avx2_kernels = {
 	.isa = "AVX2+FMA+F16C",
 	.score = score_avx2,
 	.exp_shift = exp_shift_avx2,
-	.logits = logits_avx2,
-	.accum_v = accum_v_avx2,
+	.attend_rows = attend_rows_avx2,
 };
 
 const struct sparq_cpu_kernels *sparq_cpu_kernels_avx2(void)

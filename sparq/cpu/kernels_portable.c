@@ -12,10 +12,12 @@ static inline float elem(uint16_t x, enum sparq_dtype dt)
 	return dt == SPARQ_DTYPE_F16 ? sparq_f16_to_f32(x) : sparq_bf16_to_f32(x);
 }
 
-static void score_portable(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
-			   uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
-			   float *z, size_t zs)
+static float score_portable(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
+			    uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
+			    float *z, size_t zs)
 {
+	float big = 0.0f;
+
 	for (uint32_t h = 0; h < G; h++) {
 		float *zh = z + h * zs;
 
@@ -28,7 +30,10 @@ static void score_portable(const uint16_t *kt, uint32_t cap, uint32_t n, const u
 			for (uint32_t j = 0; j < n; j++)
 				zh[j] += qv * elem(row[j], dt);
 		}
+		for (uint32_t j = 0; j < n; j++)
+			big = (fabsf(zh[j]) > big || zh[j] != zh[j]) ? fabsf(zh[j]) : big;
 	}
+	return big;
 }
 
 static double exp_shift_portable(const float *x, uint32_t n, float m, const uint64_t *exclude,
@@ -47,32 +52,37 @@ static double exp_shift_portable(const float *x, uint32_t n, float m, const uint
 	return sum;
 }
 
-static void logits_portable(const void *const *rows, uint32_t n, uint32_t d, const float *qs,
-			    uint32_t g, enum sparq_dtype dt, float *out)
+/* Two passes: all logits, then the softmax-weighted sum of the values. */
+static void attend_rows_portable(const void *const *rows, uint32_t n, uint32_t d,
+				 const float *qs, uint32_t g, enum sparq_dtype dt, float *y,
+				 float *w)
 {
-	for (uint32_t j = 0; j < n; j++) {
-		const uint16_t *k = rows[j];
+	for (uint32_t h = 0; h < g; h++) {
+		float *wh = w + (size_t)h * n, m = -INFINITY;
+		double den = 0.0;
 
-		for (uint32_t h = 0; h < g; h++) {
+		for (uint32_t j = 0; j < n; j++) {
+			const uint16_t *k = rows[j];
 			float acc = 0.0f;
 			for (uint32_t c = 0; c < d; c++)
 				acc += qs[h * d + c] * elem(k[c], dt);
-			out[(size_t)h * n + j] = acc;
+			wh[j] = acc;
+			m = acc > m ? acc : m;
 		}
-	}
-}
-
-static void accum_v_portable(const void *const *rows, uint32_t n, uint32_t d, const float *w,
-			     uint32_t g, enum sparq_dtype dt, float *y)
-{
-	for (uint32_t j = 0; j < n; j++) {
-		const uint16_t *v = (const uint16_t *)rows[j] + d;
-
-		for (uint32_t h = 0; h < g; h++) {
-			float wj = w[(size_t)h * n + j];
+		for (uint32_t j = 0; j < n; j++) {
+			wh[j] = expf(wh[j] - m);
+			den += wh[j];
+		}
+		for (uint32_t c = 0; c < d; c++)
+			y[h * d + c] = 0.0f;
+		for (uint32_t j = 0; j < n; j++) {
+			const uint16_t *v = (const uint16_t *)rows[j] + d;
 			for (uint32_t c = 0; c < d; c++)
-				y[h * d + c] += wj * elem(v[c], dt);
+				y[h * d + c] += wh[j] * elem(v[c], dt);
 		}
+		float inv = (float)(1.0 / den);
+		for (uint32_t c = 0; c < d; c++)
+			y[h * d + c] *= inv;
 	}
 }
 
@@ -80,6 +90,5 @@ const struct sparq_cpu_kernels sparq_cpu_kernels_portable = {
 	.isa = "portable C",
 	.score = score_portable,
 	.exp_shift = exp_shift_portable,
-	.logits = logits_portable,
-	.accum_v = accum_v_portable,
+	.attend_rows = attend_rows_portable,
 };
