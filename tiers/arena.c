@@ -15,6 +15,7 @@
  * rows stay inside a small window of host memory.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
@@ -83,6 +84,22 @@ static bool arena_node_allowed(int node)
  * Validates cfg without allocating anything (STYLE §5): on success, *node is the node to
  * bind to and *numa whether libnuma is usable. capacity is the usable bytes (whole slots).
  */
+/* MemAvailable from /proc/meminfo in bytes, 0 when it cannot be read. */
+static uint64_t arena_mem_available(void)
+{
+	char line[256];
+	unsigned long long kib = 0;
+	FILE *f = fopen("/proc/meminfo", "re");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)kib * 1024;
+}
+
 static int arena_check_config(const struct tier_arena_config *cfg, uint64_t *capacity,
 			      int *node, bool *numa, const char **why)
 {
@@ -114,6 +131,17 @@ static int arena_check_config(const struct tier_arena_config *cfg, uint64_t *cap
 	if (cfg->node < -1) {
 		*why = "NUMA node must be -1 (local) or a node number";
 		return -EINVAL;
+	}
+
+	/*
+	 * Pages are touched lazily and the binding is strict, so an arena larger than what
+	 * the kernel can still hand out would end in an OOM kill at first touch, not in an
+	 * error: refuse it now, with the figure.
+	 */
+	uint64_t avail = arena_mem_available();
+	if (avail && *capacity > avail) {
+		*why = "capacity is above the memory available now (MemAvailable)";
+		return -ENOMEM;
 	}
 
 	*numa = numa_available() >= 0;
