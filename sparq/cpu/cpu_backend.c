@@ -63,6 +63,7 @@ struct item_work {
 	uint32_t S, S_pad, d, g, n_vis, rec_bytes;
 	bool dense;          /* every visible position is selected: exact dense attention */
 	bool per_head;       /* per-head logits are needed (the blend's softmax mass) */
+	bool gathered;       /* its rows were fetched by gather_batched */
 	float *q_comp;       /* [g][r] q_h[i1] / τ_h, or [1][r] their sum over heads */
 	uint32_t *comp;      /* [r] */
 	float *z;            /* [g][S_pad] per-head approximate logits (per_head only) */
@@ -401,6 +402,47 @@ static void phase_gather(struct call *c, struct item_work *w)
 		w->why = "record store gather failed";
 }
 
+/*
+ * Stores that copy (NVMe behind them) get one gather per store for the whole call, so
+ * the reads of every stream of the layer are in flight together; addressable stores
+ * are resolved item by item on the pool.
+ */
+static int gather_batched(struct item_work *w, uint32_t n)
+{
+	struct sparq_gather *g = calloc(n, sizeof(*g));
+	int ret = 0;
+
+	if (!g)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n && !ret; i++) {
+		struct sparq_store *st = w[i].store;
+		uint32_t ng = 0;
+
+		if (st->ops->addr || w[i].gathered)
+			continue; /* addressable, or already gathered with an earlier store */
+		for (uint32_t j = i; j < n; j++) {
+			if (w[j].store != st)
+				continue;
+			g[ng++] = (struct sparq_gather){ .stream = sparq_stream_records(w[j].it->stream),
+							 .pos = w[j].sel, .n = w[j].n_sel,
+							 .out = w[j].gbuf };
+			for (uint32_t r = 0; r < w[j].n_sel; r++)
+				w[j].rows[r] = w[j].gbuf + (size_t)r * w[j].rec_bytes;
+			w[j].gathered = true;
+		}
+		ret = st->ops->gather(st->ctx, g, ng);
+		if (ret) {
+			for (uint32_t j = i; j < n; j++)
+				if (w[j].store == st) {
+					w[j].ret = ret;
+					w[j].why = "record store gather failed";
+				}
+		}
+	}
+	free(g);
+	return ret;
+}
+
 /* v̄ over the visible positions: the running sum less the masked rows. */
 static int visible_mean(struct item_work *w, float *vbar)
 {
@@ -486,7 +528,8 @@ static void run_gather(void *arg, uint32_t t, uint32_t worker)
 {
 	struct call *c = arg;
 	(void)worker;
-	phase_gather(c, &c->w[t]);
+	if (c->w[t].store->ops->addr)
+		phase_gather(c, &c->w[t]);
 }
 
 static void run_exact(void *arg, uint32_t t, uint32_t worker)
@@ -629,6 +672,7 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 	if (b->mode == SPARQ_ATTEND_SELECT)
 		goto out;
 
+	gather_batched(w, b->n);
 	sparq_pool_run(cx->pool, b->n, run_gather, &call);
 	t1 = now_ns();
 	b->stats.gather_ns += t1 - t0;
