@@ -599,6 +599,19 @@ static size_t layout_item(struct item_work *w, uint8_t *base)
 	return off;
 }
 
+/* The first item a phase failed on, reported through the batch; 0 if none. */
+static int first_failure(const struct item_work *w, struct sparq_attend_batch *b)
+{
+	for (uint32_t i = 0; i < b->n; i++) {
+		if (w[i].ret) {
+			b->bad_item = (int32_t)i;
+			b->why = w[i].why;
+			return w[i].ret;
+		}
+	}
+	return 0;
+}
+
 static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 {
 	struct cpu_ctx *cx = ctx;
@@ -652,13 +665,10 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 	sparq_pool_run(cx->pool, b->n, run_select, &call);
 	t0 = now_ns();
 	b->stats.select_ns += t0 - t1;
+	ret = first_failure(w, b);
+	if (ret)
+		goto out;
 	for (uint32_t i = 0; i < b->n; i++) {
-		if (w[i].ret) {
-			ret = w[i].ret;
-			b->bad_item = (int32_t)i;
-			b->why = w[i].why;
-			goto out;
-		}
 		if (!w[i].dense)
 			b->stats.slice_bytes += (uint64_t)w[i].it->used.r * w[i].S_pad *
 						sparq_dtype_size(w[i].sl->pub.dtype);
@@ -676,24 +686,17 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 	sparq_pool_run(cx->pool, b->n, run_gather, &call);
 	t1 = now_ns();
 	b->stats.gather_ns += t1 - t0;
-	for (uint32_t i = 0; i < b->n; i++) {
-		if (w[i].ret) {
-			ret = w[i].ret;
-			b->bad_item = (int32_t)i;
-			b->why = w[i].why;
-			goto out;
-		}
+	ret = first_failure(w, b);
+	if (ret)
+		goto out;
+	for (uint32_t i = 0; i < b->n; i++)
 		b->stats.record_bytes += (uint64_t)w[i].n_sel * w[i].rec_bytes;
-	}
 	sparq_pool_run(cx->pool, b->n, run_exact, &call);
 	b->stats.exact_ns += now_ns() - t1;
+	ret = first_failure(w, b);
+	if (ret)
+		goto out;
 	for (uint32_t i = 0; i < b->n; i++) {
-		if (w[i].ret) {
-			ret = w[i].ret;
-			b->bad_item = (int32_t)i;
-			b->why = w[i].why;
-			goto out;
-		}
 		if (w[i].it->exclude && w[i].it->used.blend)
 			b->stats.record_bytes += (uint64_t)(w[i].S - w[i].n_vis) * w[i].rec_bytes;
 	}
