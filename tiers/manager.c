@@ -268,7 +268,7 @@ static int demote_one(struct tier_manager *m, const struct chunk *keep)
 }
 
 /* A slot for c, demoting others as needed. */
-static int chunk_alloc_slot(struct tier_manager *m, struct chunk *c)
+static int chunk_alloc_slot(struct tier_manager *m, struct chunk *c, bool may_demote)
 {
 	struct sparq_store_stream *s = c->owner;
 	uint32_t hint = TIER_ARENA_NO_SLOT;
@@ -279,7 +279,7 @@ static int chunk_alloc_slot(struct tier_manager *m, struct chunk *c)
 		hint = s->chunks[c->index - 1]->slot + 1;
 	for (;;) {
 		ret = tier_arena_alloc(m->arena, hint, &c->slot);
-		if (ret != -ENOSPC)
+		if (ret != -ENOSPC || !may_demote)
 			break;
 		ret = demote_one(m, c);
 		if (ret)
@@ -306,13 +306,13 @@ static int verify(struct tier_manager *m, const struct chunk *c, uint32_t r, con
 }
 
 /* Reads a durable chunk back into a fresh slot and checks every record. */
-static int chunk_promote(struct tier_manager *m, struct chunk *c)
+static int chunk_promote(struct tier_manager *m, struct chunk *c, bool may_demote)
 {
 	struct sparq_store_stream *s = c->owner;
 	uint64_t base = (uint64_t)c->index * chunk_extent(s);
 	int ret;
 
-	ret = chunk_alloc_slot(m, c);
+	ret = chunk_alloc_slot(m, c, may_demote);
 	if (ret)
 		return ret;
 	ret = stream_file(m, s, false);
@@ -480,7 +480,7 @@ static int mgr_write(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint
 		struct chunk *c = s->chunks[ci];
 
 		if (c->slot == TIER_ARENA_NO_SLOT) {
-			ret = c->durable ? chunk_promote(m, c) : chunk_alloc_slot(m, c);
+			ret = c->durable ? chunk_promote(m, c, true) : chunk_alloc_slot(m, c, true);
 			if (ret)
 				break;
 		}
@@ -605,14 +605,23 @@ static int mgr_gather(void *ctx, const struct sparq_gather *g, uint32_t n)
 	}
 	if (!ret)
 		ret = flush_reads(m, ios, cs, rs, outs, q);
-	/* chunks read record by record often enough come back to RAM whole */
+	/*
+	 * Chunks read record by record often enough come back to RAM whole, but only into
+	 * free slots: under uniform top-k traffic every chunk crosses the threshold at
+	 * about the same time, and promoting by demoting would churn whole chunks through
+	 * the device to serve single records. Their reads count as gather traffic, so the
+	 * read amplification says what the device really did.
+	 */
 	for (uint32_t i = 0; i < n && !ret; i++) {
 		struct sparq_store_stream *s = g[i].stream;
 		for (uint32_t ci = 0; ci < s->n_chunks; ci++) {
 			struct chunk *c = s->chunks[ci];
-			if (c->slot == TIER_ARENA_NO_SLOT && c->nvme_hits >= s->chunk_records / 4 &&
-			    chunk_promote(m, c) != 0)
-				c->nvme_hits = 0; /* no room now: try again later */
+			if (c->slot != TIER_ARENA_NO_SLOT || c->nvme_hits < s->chunk_records / 4)
+				continue;
+			if (chunk_promote(m, c, false) == 0)
+				m->st.nvme_gather_bytes += (uint64_t)c->durable * s->unit;
+			else
+				c->nvme_hits = 0; /* no free slot: count afresh */
 		}
 	}
 out:
@@ -1064,7 +1073,7 @@ int tier_resume(struct tier_manager *m, uint64_t session, void *meta, uint32_t m
 	}
 	for (uint32_t i = 0; i < n && to_ram && !ret; i++)
 		for (uint32_t ci = 0; ci < streams[i]->n_chunks && !ret; ci++)
-			ret = chunk_promote(m, streams[i]->chunks[ci]);
+			ret = chunk_promote(m, streams[i]->chunks[ci], true);
 	if (ret)
 		goto undo;
 	if (meta && p->meta_len)
