@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +63,39 @@ float bench_rng_normal_fast(struct bench_rng *r)
 	return ((float)sum * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
 }
 
+/* Uniform in [0, n) by multiply-shift: no division, bias below 2^-32. */
+static uint32_t rng_below(struct bench_rng *r, uint32_t n)
+{
+	return (uint32_t)(((bench_rng_next(r) >> 32) * (uint64_t)n) >> 32);
+}
+
+int bench_sample_sorted(struct bench_rng *r, uint32_t n, uint32_t k, uint32_t *out,
+			uint64_t *bits)
+{
+	size_t words = ((size_t)n + 63) / 64;
+	/* mark the smaller set: the k chosen, or the n - k left out */
+	bool mark_chosen = k <= n / 2;
+	uint32_t marks = mark_chosen ? k : n - k, got = 0;
+
+	if (n == 0 || k > n)
+		return -EINVAL;
+	memset(bits, 0, words * sizeof(*bits));
+	while (got < marks) {
+		uint32_t p = rng_below(r, n);
+		uint64_t bit = 1ull << (p % 64);
+
+		if (!(bits[p / 64] & bit)) {
+			bits[p / 64] |= bit;
+			got++;
+		}
+	}
+	got = 0;
+	for (uint32_t p = 0; p < n && got < k; p++)
+		if (((bits[p / 64] >> (p % 64)) & 1) == mark_chosen)
+			out[got++] = p;
+	return 0;
+}
+
 /* ---- time and order statistics ---- */
 
 uint64_t bench_now_ns(void)
@@ -70,6 +104,16 @@ uint64_t bench_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void *bench_alloc_huge(size_t bytes, bool *huge)
+{
+	const size_t huge_page = (size_t)2 << 20;
+	size_t len = (bytes + huge_page - 1) / huge_page * huge_page;
+	void *p = len ? aligned_alloc(huge_page, len) : NULL;
+
+	*huge = p && madvise(p, len, MADV_HUGEPAGE) == 0;
+	return p;
 }
 
 uint32_t bench_online_cpus(void)

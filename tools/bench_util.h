@@ -34,7 +34,24 @@ float bench_rng_normal(struct bench_rng *r);
  */
 float bench_rng_normal_fast(struct bench_rng *r);
 
+/*
+ * k distinct positions drawn uniformly from [0, n), written to out in ascending order
+ * (what a top-k selection hands a store). bits is scratch of (n + 63) / 64 words; its
+ * contents are overwritten. Drawing the smaller of the set and its complement keeps
+ * the rejection loop short for any k. -EINVAL for k > n or n = 0.
+ */
+int bench_sample_sorted(struct bench_rng *r, uint32_t n, uint32_t k, uint32_t *out,
+			uint64_t *bits);
+
 uint64_t bench_now_ns(void);
+
+/*
+ * bytes of memory aligned to 2 MiB with transparent huge pages advised, as the tier
+ * arenas are (an O_DIRECT transfer into it pins a few large pages rather than many
+ * small ones, which on some virtual disks doubles sequential bandwidth). *huge says
+ * whether the kernel took the advice. Release with free(). NULL when out of memory.
+ */
+void *bench_alloc_huge(size_t bytes, bool *huge);
 
 /* Online CPUs, at least 1: what a thread count of 0 means, for the backend too. */
 uint32_t bench_online_cpus(void);

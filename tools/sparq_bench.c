@@ -14,20 +14,43 @@
  * Bandwidth is measured before the streams exist, and its buffers freed, so the
  * run's peak memory is the larger of the two, not their sum.
  *
+ * Mode `tiers` measures the tier manager (tiers/manager.h) against the raw limits of
+ * the directory it stores into, in one run (issue 3, "Benchmark"):
+ *   - the device: sequential 4 MiB writes (+ fdatasync) and reads at qd 8, and random
+ *     O_DIRECT reads of one record unit at each queue depth, through the very io_uring
+ *     engine the manager uses (tiers/nvme.h), on a file of the data's size;
+ *   - the manager's batched top-k gather served entirely from NVMe at the same queue
+ *     depths (the same positions as the raw reads, every record checked), then
+ *     entirely from RAM next to this machine's memcpy bandwidth;
+ *   - tier_park of freshly written streams and tier_resume into RAM, next to the
+ *     sequential write and read bandwidth.
+ * Everything lives in a private directory inside --dir, removed at the end (--dir
+ * itself too when the run created it).
+ *
  * Exit status: 0 success, 1 runtime failure, 2 usage error.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "backend.h"
 #include "half.h"
+#include "manager.h"
+#include "nvme.h"
 #include "sparq.h"
 #include "store.h"
 #include "stream.h"
@@ -139,6 +162,20 @@ struct report {
 	double rel_err;
 };
 
+/* Mode tiers: defaults and fixed parameters (see run_tiers). */
+#define TIERS_DIR_DEFAULT "./sparqd-bench-data"
+#define TIERS_STREAMS_DEFAULT 8u
+#define TIERS_RECORDS_DEFAULT 262144u
+#define TIERS_RB_DEFAULT 512u
+#define TIERS_K_DEFAULT 2048u
+#define TIERS_QD_DEFAULT "1,8,32,128"
+#define TIERS_REPS_DEFAULT 5u
+#define TIERS_QD_MAX 16u
+#define TIERS_STREAMS_MAX 1024u
+#define TIERS_RECORDS_MAX (1u << 28)
+/* The RAM gather takes milliseconds: more steps for a stable median. */
+#define RAM_REPS_MIN 20u
+
 /* ---- usage ---- */
 
 static void usage(FILE *f)
@@ -151,6 +188,9 @@ static void usage(FILE *f)
 		"  kernel   time one decode-step attention (one layer, every KV head) on a\n"
 		"           backend, next to dense attention over the same data and this\n"
 		"           machine's memory bandwidth\n"
+		"  tiers    time the tier manager's top-k gathers from NVMe and from RAM and\n"
+		"           its park and resume, next to raw io_uring random reads, sequential\n"
+		"           device bandwidth and memory bandwidth measured in the same run\n"
 		"\n"
 		"options of kernel:\n"
 		"  --preset NAME        model geometry (default llama3-8b):\n");
@@ -171,7 +211,28 @@ static void usage(FILE *f)
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
 		"  -h, --help           this text\n"
 		"\n"
-		"exit status: 0 success, 1 runtime failure, 2 usage error\n");
+		"options of tiers:\n"
+		"  --dir PATH           directory on the device to measure (default\n"
+		"                       " TIERS_DIR_DEFAULT "; created if missing); the run works\n"
+		"                       in a private subdirectory, removed at the end, and\n"
+		"                       removes PATH too when it created it\n"
+		"  --streams N          streams (default %u)\n"
+		"  --records-per-stream N\n"
+		"                       records per stream (default %u)\n"
+		"  --record-bytes B     bytes per record, K row + V row, even (default %u:\n"
+		"                       d = 128 fp16)\n"
+		"  --k K                distinct random positions per stream per step, sorted\n"
+		"                       as a top-k selection hands them over (default %u)\n"
+		"  --qd LIST            comma-separated io_uring queue depths (default %s)\n"
+		"  --ram-mib N          RAM tier for park, resume and the RAM gather; it must\n"
+		"                       hold every stream (default: just that)\n"
+		"  --reps N             timed steps per queue depth (default %u; the RAM\n"
+		"                       gather runs max(N, %u))\n"
+		"  --json               one JSON object on stdout; the table goes to stderr\n"
+		"\n"
+		"exit status: 0 success, 1 runtime failure, 2 usage error\n",
+		TIERS_STREAMS_DEFAULT, TIERS_RECORDS_DEFAULT, TIERS_RB_DEFAULT, TIERS_K_DEFAULT,
+		TIERS_QD_DEFAULT, TIERS_REPS_DEFAULT, RAM_REPS_MIN);
 }
 
 /* Reports a usage error; returns -EINVAL so callers can pass it on. */
@@ -1006,6 +1067,1246 @@ out:
 	return ret;
 }
 
+/* ==== mode tiers ==== */
+
+/* Sequential baseline: requests of this size, this many in flight, over 2x as many
+ * buffers (reads may land in a buffer another request still fills: the bytes are
+ * thrown away, only the transfer is measured). */
+#define SEQ_REQ_BYTES (4u << 20)
+#define SEQ_QD 8u
+#define SEQ_BUFS (2u * SEQ_QD)
+/* Single reads, one per submission, for the qd-1 latency distribution. */
+#define LAT_READS 4000u
+#define TIERS_WARMUP 1u
+/* Issue 3: top-k gather from NVMe at >= 80% of raw random-read IOPS at the same qd. */
+#define GATHER_TARGET 0.80
+/* RAM tier of the managers that serve gathers from NVMe: a few chunks, so nothing of
+ * the streams is resident (resume with to_ram = false loads nothing anyway). */
+#define NVME_RAM_CHUNKS 4u
+#define TIERS_SESSION 0x5350415251424e43ull /* "SPARQBNC" */
+/* Memory bandwidth buffers: far beyond any cache, half the kernel mode's. */
+#define TIERS_BW_BYTES ((size_t)512 << 20)
+/* Records per store write while filling: a bulk append, like a prefill. */
+#define FILL_RECORDS 4096u
+#define RAW_FILE "raw-device.dat"
+#define STAGING_MAX (1u << 30)
+/* The RAM gather's floor copies rows out of at most this much plain memory. */
+#define WINDOW_MAX ((uint64_t)1 << 30)
+
+struct tiers_opts {
+	const char *dir;
+	uint32_t streams, records, record_bytes, k, reps;
+	uint32_t qd[TIERS_QD_MAX], n_qd;
+	uint64_t ram_mib;
+	bool have_ram, json;
+	/* derived once everything is validated */
+	struct tier_manager_config base;   /* manager defaults every manager starts from */
+	uint32_t chunk_records, chunks_per_stream, max_qd;
+	uint64_t ram_need;                 /* bytes of chunks holding every stream */
+	uint64_t ram_bytes;                /* RAM tier for park / resume / RAM gather */
+	uint64_t step_records;             /* streams × k */
+};
+
+struct tiers_qd_result {
+	uint32_t qd, in_flight;            /* in_flight: min(qd, staging / unit) */
+	double raw_iops, raw_gbs, raw_lat_ms, raw_p50_ms, raw_p99_ms;
+	double g_rps, g_gbs, g_p50_ms, g_p99_ms, g_vs_raw;
+	uint64_t nvme_served, ram_served, promotions;
+	uint64_t gather_bytes, gather_requested;
+};
+
+struct tiers_report {
+	uint32_t align, unit, staging, per_submit;
+	uint64_t data_bytes;               /* records × record_bytes, all streams */
+	uint64_t raw_bytes;                /* records × unit: the raw file, one stream file set */
+	double fill_s, total_s;
+	struct bench_bw bw;
+	size_t bw_bytes;
+	double mem_copy_gbs;               /* bytes copied / s = bw.copy_gbs / 2 */
+	double seq_write_gbs, seq_read_gbs;
+	bool seq_huge, window_huge;
+	uint64_t window_bytes;             /* the random-row memcpy floor's buffer */
+	double row_copy_gbs, ram_vs_rows;
+	double lat_p50_ms, lat_p99_ms, lat_mean_ms;
+	double park_s, park_gbs, resume_s, resume_gbs, park_vs, resume_vs;
+	uint32_t ram_reps;
+	double ram_rps, ram_gbs, ram_p50_ms, ram_p99_ms, ram_vs_copy;
+	uint64_t ram_nvme_served;
+	double read_amp;
+	uint64_t promotions;
+	struct tiers_qd_result q[TIERS_QD_MAX];
+	uint64_t peak_rss, peak_disk;
+};
+
+/* What one run holds: every pointer owned, freed by tiers_destroy on every path. */
+struct tiers_ctx {
+	const struct tiers_opts *o;
+	char *work, *store, *raw_path;
+	bool made_dir, made_work;
+	uint32_t unit, staging;
+	uint64_t nvme_cap;
+	uint32_t *pos;                     /* [streams][k] positions of the current step */
+	uint64_t *bits;                    /* sampling scratch */
+	uint8_t *out;                      /* [streams][k][record_bytes] gather output */
+	uint8_t *want;                     /* [record_bytes] */
+	struct sparq_gather *g;            /* [streams] */
+	struct sparq_store_stream **s;     /* [streams], NULL when closed */
+	struct tier_io *ios;               /* [per_submit] raw descriptors */
+	uint64_t *ns_a, *ns_b;             /* [max(reps, RAM_REPS_MIN, LAT_READS)] */
+};
+
+static volatile sig_atomic_t tiers_stop;
+
+static void tiers_on_signal(int sig)
+{
+	(void)sig;
+	tiers_stop = 1;
+}
+
+static int interrupted(void)
+{
+	fprintf(stderr, PROG ": interrupted; removing the benchmark's files\n");
+	return -EINTR;
+}
+
+static uint64_t round_up_u64(uint64_t x, uint64_t a)
+{
+	return (x + a - 1) / a * a;
+}
+
+/* ---- options ---- */
+
+static int parse_qd_list(const char *val, struct tiers_opts *o)
+{
+	char buf[256], *save = NULL;
+	size_t len = strlen(val);
+
+	if (!len || len >= sizeof(buf) || val[0] == ',' || val[len - 1] == ',' ||
+	    strstr(val, ",,"))
+		return usage_error("--qd: expected a comma-separated list of queue depths in "
+				   "[1, 4096], e.g. " TIERS_QD_DEFAULT "; got '%s'", val);
+	memcpy(buf, val, len + 1);
+	o->n_qd = 0;
+	for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		uint32_t q;
+
+		if (o->n_qd == TIERS_QD_MAX)
+			return usage_error("--qd: at most %u queue depths", TIERS_QD_MAX);
+		if (parse_u32("--qd", tok, 1, 4096, &q))
+			return -EINVAL;
+		for (uint32_t i = 0; i < o->n_qd; i++)
+			if (o->qd[i] == q)
+				return usage_error("--qd: queue depth %u is listed twice", q);
+		/* insertion keeps the list ascending, the order the table reads best in */
+		uint32_t i = o->n_qd++;
+		for (; i > 0 && o->qd[i - 1] > q; i--)
+			o->qd[i] = o->qd[i - 1];
+		o->qd[i] = q;
+	}
+	return 0;
+}
+
+static void tiers_opts_default(struct tiers_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->dir = TIERS_DIR_DEFAULT;
+	o->streams = TIERS_STREAMS_DEFAULT;
+	o->records = TIERS_RECORDS_DEFAULT;
+	o->record_bytes = TIERS_RB_DEFAULT;
+	o->k = TIERS_K_DEFAULT;
+	o->reps = TIERS_REPS_DEFAULT;
+	tier_manager_defaults(&o->base);
+	parse_qd_list(TIERS_QD_DEFAULT, o);
+}
+
+/* One option; returns 1 when it was --help. */
+static int parse_tiers_one(struct tiers_opts *o, int argc, char **argv, int *i)
+{
+	const char *arg = argv[*i], *eq = strchr(arg, '='), *val = NULL;
+	size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+	int ret = 0;
+
+#define IS(name) (len == strlen(name) && strncmp(arg, name, len) == 0)
+	if (IS("-h") || IS("--help") || IS("--json")) {
+		if (eq)
+			return usage_error("option %.*s takes no value", (int)len, arg);
+		if (IS("--json")) {
+			o->json = true;
+			return 0;
+		}
+		return 1;
+	}
+	if (!(IS("--dir") || IS("--records-per-stream") || IS("--streams") ||
+	      IS("--record-bytes") || IS("--k") || IS("--qd") || IS("--ram-mib") || IS("--reps")))
+		return usage_error("unknown option '%s' for mode tiers", arg);
+	ret = opt_value(argc, argv, i, eq, &val);
+	if (ret)
+		return ret;
+	if (IS("--dir")) {
+		if (!val[0])
+			return usage_error("--dir: expected a directory path, got ''");
+		if (strlen(val) > 3000)
+			return usage_error("--dir: path longer than 3000 bytes");
+		o->dir = val;
+	} else if (IS("--records-per-stream")) {
+		ret = parse_u32("--records-per-stream", val, 1, TIERS_RECORDS_MAX, &o->records);
+	} else if (IS("--streams")) {
+		ret = parse_u32("--streams", val, 1, TIERS_STREAMS_MAX, &o->streams);
+	} else if (IS("--record-bytes")) {
+		ret = parse_u32("--record-bytes", val, 2, o->base.chunk_bytes, &o->record_bytes);
+		if (!ret && o->record_bytes % 2)
+			return usage_error("--record-bytes: a record is a K row and a V row of "
+					   "equal size, so it must be even; got %u", o->record_bytes);
+	} else if (IS("--k")) {
+		ret = parse_u32("--k", val, 1, TIERS_RECORDS_MAX, &o->k);
+	} else if (IS("--qd")) {
+		ret = parse_qd_list(val, o);
+	} else if (IS("--ram-mib")) {
+		ret = parse_u64("--ram-mib", val, 1, 1ull << 24, &o->ram_mib);
+		o->have_ram = true;
+	} else if (IS("--reps")) {
+		ret = parse_u32("--reps", val, 1, 10000, &o->reps);
+	}
+#undef IS
+	return ret;
+}
+
+/* Free bytes of the filesystem holding path (or its parent when path is missing). */
+static bool fs_free(const char *path, uint64_t *bytes)
+{
+	struct statvfs vfs;
+
+	if (statvfs(path, &vfs))
+		return false;
+	*bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	return true;
+}
+
+static int tiers_opts_finish(struct tiers_opts *o)
+{
+	struct stat sb;
+	char parent[4096];
+	const char *probe = o->dir;
+	uint64_t free_b, phys = phys_bytes();
+
+	if (o->k > o->records)
+		return usage_error("--k %u exceeds --records-per-stream %u: a step selects "
+				   "distinct positions", o->k, o->records);
+	if (stat(o->dir, &sb) == 0) {
+		if (!S_ISDIR(sb.st_mode))
+			return usage_error("--dir: '%s' exists and is not a directory", o->dir);
+	} else if (errno == ENOENT) {
+		snprintf(parent, sizeof(parent), "%s", o->dir);
+		probe = dirname(parent);
+		if (stat(probe, &sb) || !S_ISDIR(sb.st_mode))
+			return usage_error("--dir: the parent of '%s' ('%s') is not an existing "
+					   "directory (only the last component is created)",
+					   o->dir, probe);
+	} else {
+		return usage_error("--dir: cannot stat '%s': %s", o->dir, strerror(errno));
+	}
+
+	o->max_qd = o->qd[o->n_qd - 1];
+	o->chunk_records = o->base.chunk_bytes / o->record_bytes;
+	o->chunks_per_stream = (o->records + o->chunk_records - 1) / o->chunk_records;
+	o->ram_need = (uint64_t)o->streams * o->chunks_per_stream * o->base.chunk_bytes;
+	o->step_records = (uint64_t)o->streams * o->k;
+	uint64_t need_mib = (o->ram_need + (1u << 20) - 1) >> 20;
+	if (o->have_ram && o->ram_mib < need_mib)
+		return usage_error("--ram-mib %" PRIu64 " cannot hold the %u streams (%" PRIu64
+				   " MiB of %u KiB chunks): resume into RAM and the RAM gather "
+				   "need them all resident; give at least %" PRIu64
+				   " or fewer/shorter streams",
+				   o->ram_mib, o->streams, need_mib, o->base.chunk_bytes >> 10,
+				   need_mib);
+	o->ram_bytes = (o->have_ram ? o->ram_mib : need_mib) << 20;
+
+	uint64_t data = (uint64_t)o->streams * o->records * o->record_bytes;
+	uint64_t mem = o->ram_bytes + (data < WINDOW_MAX ? data : WINDOW_MAX) +
+		       o->step_records * o->record_bytes;
+	if (phys && mem > phys / 4 * 3)
+		return usage_error("this run needs about %.1f GiB of memory (RAM tier %.1f GiB), "
+				   "more than 3/4 of the machine's %.1f GiB; lower "
+				   "--records-per-stream, --streams or --ram-mib",
+				   (double)mem / (1u << 30), (double)o->ram_bytes / (1u << 30),
+				   (double)phys / (1u << 30));
+	/* raw file + stream files + checksums, at the smallest possible unit (512 B);
+	 * checked again with the device's real alignment once it is known */
+	uint64_t unit = round_up_u64(o->record_bytes, 512);
+	uint64_t disk = 2 * (uint64_t)o->streams * o->chunks_per_stream * o->chunk_records * unit +
+			(uint64_t)o->streams * o->records * 4;
+	if (fs_free(probe, &free_b) && disk > free_b)
+		return usage_error("this run writes about %.1f GiB into '%s' (a raw file and "
+				   "the streams), more than the %.1f GiB free there; lower "
+				   "--records-per-stream or --streams",
+				   (double)disk / (1u << 30), o->dir, (double)free_b / (1u << 30));
+	return 0;
+}
+
+/* 0 to run, 1 after --help, -EINVAL after a usage error (already reported). */
+static int parse_tiers_args(int argc, char **argv, struct tiers_opts *o)
+{
+	tiers_opts_default(o);
+	for (int i = 0; i < argc; i++) {
+		if (strncmp(argv[i], "-", 1) != 0)
+			return usage_error("unexpected argument '%s'", argv[i]);
+		int ret = parse_tiers_one(o, argc, argv, &i);
+		if (ret)
+			return ret;
+	}
+	return tiers_opts_finish(o);
+}
+
+/* ---- data: records derived from (stream, position), positions from (phase, rep) ---- */
+
+static void record_fill(uint32_t stream, uint32_t pos, uint32_t rb, uint8_t *rec)
+{
+	struct bench_rng rng;
+
+	bench_rng_seed(&rng, SEED ^ ((uint64_t)stream << 40) ^ pos);
+	for (uint32_t i = 0; i < rb; i += 8) {
+		uint64_t x = bench_rng_next(&rng);
+		memcpy(rec + i, &x, rb - i < 8 ? rb - i : 8);
+	}
+}
+
+/* The step's positions: the same for the raw reads and the gather of one (phase, rep),
+ * fresh for every other, so no read finds what an earlier one left in a cache. */
+static void step_positions(struct tiers_ctx *c, uint32_t phase, uint32_t rep)
+{
+	const struct tiers_opts *o = c->o;
+	struct bench_rng rng;
+
+	bench_rng_seed(&rng, SEED ^ ((((uint64_t)phase << 32) | rep) * 0x9e3779b97f4a7c15ull));
+	for (uint32_t s = 0; s < o->streams; s++)
+		bench_sample_sorted(&rng, o->records, o->k, c->pos + (size_t)s * o->k, c->bits);
+}
+
+/* Every gathered record against its derived content. */
+static int check_gather(struct tiers_ctx *c, const char *what)
+{
+	const struct tiers_opts *o = c->o;
+
+	for (uint32_t s = 0; s < o->streams; s++) {
+		for (uint32_t j = 0; j < o->k; j++) {
+			uint32_t p = c->pos[(size_t)s * o->k + j];
+			record_fill(s, p, o->record_bytes, c->want);
+			if (memcmp(c->out + ((size_t)s * o->k + j) * o->record_bytes, c->want,
+				   o->record_bytes)) {
+				fprintf(stderr, PROG ": %s returned wrong bytes for stream %u position "
+					"%u\n", what, s, p);
+				return -EIO;
+			}
+		}
+	}
+	return 0;
+}
+
+/* ---- setup and teardown ---- */
+
+static void tiers_log(void *user, enum tier_log_level lv, const char *msg)
+{
+	(void)user;
+	if (lv <= TIER_LOG_WARN)
+		fprintf(stderr, PROG ": tier manager %s: %s\n", lv == TIER_LOG_ERROR ? "error" : "warning",
+			msg);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	if (remove(path))
+		fprintf(stderr, PROG ": cannot remove %s: %s\n", path, strerror(errno));
+	return 0;
+}
+
+static void tiers_destroy(struct tiers_ctx *c)
+{
+	/* the private directory holds only what this run made */
+	if (c->made_work)
+		nftw(c->work, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	if (c->made_dir && rmdir(c->o->dir))
+		fprintf(stderr, PROG ": cannot remove %s: %s\n", c->o->dir, strerror(errno));
+	free(c->work);
+	free(c->store);
+	free(c->raw_path);
+	free(c->pos);
+	free(c->bits);
+	free(c->out);
+	free(c->want);
+	free(c->g);
+	free(c->s);
+	free(c->ios);
+	free(c->ns_a);
+	free(c->ns_b);
+}
+
+static char *path_join(const char *a, const char *b)
+{
+	size_t n = strlen(a) + strlen(b) + 2;
+	char *p = malloc(n);
+
+	if (p)
+		snprintf(p, n, "%s/%s", a, b);
+	return p;
+}
+
+static int tiers_setup(struct tiers_ctx *c, const struct tiers_opts *o)
+{
+	size_t nsamples = o->reps > RAM_REPS_MIN ? o->reps : RAM_REPS_MIN;
+
+	if (nsamples < LAT_READS)
+		nsamples = LAT_READS;
+	c->o = o;
+	if (mkdir(o->dir, 0700) == 0) {
+		c->made_dir = true;
+	} else if (errno != EEXIST) {
+		fprintf(stderr, PROG ": cannot create --dir %s: %s\n", o->dir, strerror(errno));
+		return -errno;
+	}
+	c->work = path_join(o->dir, "sparq-bench-XXXXXX");
+	if (!c->work)
+		return -ENOMEM;
+	if (!mkdtemp(c->work)) {
+		int ret = -errno;
+		fprintf(stderr, PROG ": cannot create a work directory in %s: %s\n", o->dir,
+			strerror(-ret));
+		return ret;
+	}
+	c->made_work = true;
+	c->store = path_join(c->work, "store");
+	c->raw_path = path_join(c->work, RAW_FILE);
+	c->pos = malloc(o->step_records * sizeof(*c->pos));
+	c->bits = malloc(((size_t)o->records + 63) / 64 * sizeof(*c->bits));
+	c->out = malloc(o->step_records * o->record_bytes);
+	c->want = malloc(o->record_bytes);
+	c->g = calloc(o->streams, sizeof(*c->g));
+	c->s = calloc(o->streams, sizeof(*c->s));
+	c->ns_a = calloc(nsamples, sizeof(*c->ns_a));
+	c->ns_b = calloc(nsamples, sizeof(*c->ns_b));
+	if (!c->store || !c->raw_path || !c->pos || !c->bits || !c->out || !c->want || !c->g ||
+	    !c->s || !c->ns_a || !c->ns_b) {
+		fprintf(stderr, PROG ": out of memory for the step buffers\n");
+		return -ENOMEM;
+	}
+	for (uint32_t s = 0; s < o->streams; s++)
+		c->g[s] = (struct sparq_gather){ .pos = c->pos + (size_t)s * o->k, .n = o->k,
+						 .out = c->out + (size_t)s * o->k * o->record_bytes };
+	return 0;
+}
+
+static void open_failed(const char *what, const char *dir, int ret, const char *why)
+{
+	if (ret == -EOPNOTSUPP)
+		fprintf(stderr, PROG ": %s refuses O_DIRECT or io_uring (%s); the tiers benchmark "
+			"needs both: point --dir at a local filesystem such as ext4 or xfs\n",
+			dir, why ? why : "no reason given");
+	else
+		fprintf(stderr, PROG ": %s on %s failed: %s (errno %d: %s)\n", what, dir,
+			why ? why : "no reason given", -ret, strerror(-ret));
+}
+
+static int open_engine(struct tiers_ctx *c, uint32_t qd, uint32_t staging, struct tier_nvme **n,
+		       int *fid, bool create)
+{
+	struct tier_nvme_config cfg = { .dir = c->work, .queue_depth = qd,
+					.staging_bytes = staging, .max_files = 4 };
+	const char *why = NULL;
+	int ret = tier_nvme_open(&cfg, n, &why);
+
+	if (ret) {
+		*n = NULL;
+		open_failed("tier_nvme_open", c->work, ret, why);
+		return ret;
+	}
+	ret = tier_nvme_file_open(*n, RAW_FILE, create, fid);
+	if (ret)
+		fprintf(stderr, PROG ": cannot open %s: %s\n", c->raw_path, strerror(-ret));
+	return ret;
+}
+
+static int open_manager(struct tiers_ctx *c, uint32_t qd, uint64_t ram_bytes, bool huge,
+			struct tier_manager **m)
+{
+	struct tier_manager_config cfg = c->o->base;
+	const char *why = NULL;
+	int ret;
+
+	cfg.dir = c->store;
+	cfg.queue_depth = qd;
+	cfg.ram_bytes = ram_bytes;
+	cfg.huge_pages = huge;
+	cfg.nvme_bytes = c->nvme_cap;
+	cfg.staging_bytes = c->staging;
+	cfg.log = tiers_log;
+	ret = tier_manager_open(&cfg, m, &why);
+	if (ret) {
+		*m = NULL;
+		open_failed("tier_manager_open", c->store, ret, why);
+	}
+	return ret;
+}
+
+static void close_streams(struct tiers_ctx *c, struct sparq_store *st)
+{
+	for (uint32_t s = 0; s < c->o->streams; s++) {
+		if (c->s[s])
+			st->ops->stream_close(st->ctx, c->s[s]);
+		c->s[s] = NULL;
+	}
+}
+
+/* ---- the raw device ---- */
+
+/* One pass over the raw file with SEQ_REQ_BYTES requests, SEQ_QD in flight; a write
+ * pass ends with fdatasync, inside the timing (park is durable when it returns too). */
+static int seq_pass(struct tier_nvme *n, int fid, bool write, uint64_t bytes, uint8_t *buf,
+		    double *gbs)
+{
+	uint32_t cnt = (uint32_t)((bytes + SEQ_REQ_BYTES - 1) / SEQ_REQ_BYTES);
+	struct tier_io *ios = calloc(cnt, sizeof(*ios));
+	int ret;
+
+	if (!ios)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < cnt; i++) {
+		uint64_t off = (uint64_t)i * SEQ_REQ_BYTES;
+		ios[i] = (struct tier_io){ .fid = fid, .write = write, .offset = off,
+					   .len = (uint32_t)(bytes - off < SEQ_REQ_BYTES ? bytes - off
+											: SEQ_REQ_BYTES),
+					   .buf = buf + (size_t)(i % SEQ_BUFS) * SEQ_REQ_BYTES };
+	}
+	uint64_t t0 = bench_now_ns();
+	ret = tier_nvme_submit(n, ios, cnt);
+	if (!ret && write)
+		ret = tier_nvme_file_sync(n, fid);
+	uint64_t t1 = bench_now_ns();
+	free(ios);
+	if (ret) {
+		fprintf(stderr, PROG ": sequential %s failed: %s\n", write ? "write" : "read",
+			strerror(-ret));
+		return ret;
+	}
+	*gbs = ratio_of((double)bytes, (double)(t1 - t0));
+	return 0;
+}
+
+/* Sequential write, sequential read, then single random reads (latency at qd 1). */
+static int raw_sequential(struct tiers_ctx *c, struct tiers_report *r)
+{
+	struct tier_nvme *n = NULL;
+	uint8_t *buf = NULL;
+	int fid = -1, ret;
+	struct bench_rng rng;
+
+	ret = open_engine(c, SEQ_QD, c->staging, &n, &fid, true);
+	if (ret)
+		goto out;
+	/* huge pages, like the arena that park writes from and resume reads into */
+	buf = bench_alloc_huge((size_t)SEQ_BUFS * SEQ_REQ_BYTES, &r->seq_huge);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* random bytes: a virtual disk that compresses or deduplicates gets no help */
+	bench_rng_seed(&rng, SEED ^ 0xd15cull);
+	for (size_t i = 0; i < (size_t)SEQ_BUFS * SEQ_REQ_BYTES / 8; i++)
+		((uint64_t *)buf)[i] = bench_rng_next(&rng);
+
+	fprintf(stderr, PROG ": sequential write of %.2f GiB (%u MiB requests, qd %u)...\n",
+		(double)r->raw_bytes / (1u << 30), SEQ_REQ_BYTES >> 20, SEQ_QD);
+	ret = seq_pass(n, fid, true, r->raw_bytes, buf, &r->seq_write_gbs);
+	if (ret || tiers_stop)
+		goto out;
+	fprintf(stderr, PROG ": sequential read...\n");
+	ret = seq_pass(n, fid, false, r->raw_bytes, buf, &r->seq_read_gbs);
+	if (ret || tiers_stop)
+		goto out;
+
+	uint64_t units = r->raw_bytes / c->unit, sum = 0;
+	uint8_t *stage = tier_nvme_staging(n, NULL);
+	for (uint32_t i = 0; i < LAT_READS && !ret; i++) {
+		struct tier_io io = { .fid = fid, .offset = bench_rng_next(&rng) % units * c->unit,
+				      .len = c->unit, .buf = stage };
+		uint64_t t0 = bench_now_ns();
+		ret = tier_nvme_submit(n, &io, 1);
+		c->ns_a[i] = bench_now_ns() - t0;
+		sum += c->ns_a[i];
+	}
+	if (ret) {
+		fprintf(stderr, PROG ": single random reads failed: %s\n", strerror(-ret));
+		goto out;
+	}
+	r->lat_mean_ms = (double)sum / LAT_READS / 1e6;
+	r->lat_p50_ms = bench_median(c->ns_a, LAT_READS) / 1e6;
+	r->lat_p99_ms = bench_percentile(c->ns_a, LAT_READS, 99.0) / 1e6;
+out:
+	free(buf);
+	tier_nvme_close(n);
+	return ret ? ret : tiers_stop ? interrupted() : 0;
+}
+
+/* One step's records read raw: stream s's file is the raw file's s-th slice; batches
+ * of per_submit descriptors into the staging buffer, as the manager's gather issues. */
+static int raw_step(struct tiers_ctx *c, struct tier_nvme *n, int fid, uint32_t per,
+		    uint64_t *ns)
+{
+	const struct tiers_opts *o = c->o;
+	uint8_t *stage = tier_nvme_staging(n, NULL);
+	uint32_t q = 0;
+	int ret = 0;
+
+	uint64_t t0 = bench_now_ns();
+	for (uint32_t s = 0; s < o->streams && !ret; s++) {
+		for (uint32_t j = 0; j < o->k; j++) {
+			uint64_t rec = (uint64_t)s * o->records + c->pos[(size_t)s * o->k + j];
+
+			if (q == per) {
+				ret = tier_nvme_submit(n, c->ios, q);
+				q = 0;
+				if (ret)
+					break;
+			}
+			c->ios[q] = (struct tier_io){ .fid = fid, .offset = rec * c->unit,
+						      .len = c->unit, .buf = stage + (size_t)q * c->unit };
+			q++;
+		}
+	}
+	if (!ret)
+		ret = tier_nvme_submit(n, c->ios, q);
+	*ns = bench_now_ns() - t0;
+	if (ret)
+		fprintf(stderr, PROG ": raw random reads failed: %s\n", strerror(-ret));
+	return ret;
+}
+
+/* ---- the tier manager ---- */
+
+/* Writes every stream fresh into the manager (bulk appends; all dirty in RAM). */
+static int fill_streams(struct tiers_ctx *c, struct sparq_store *st)
+{
+	const struct tiers_opts *o = c->o;
+	uint32_t row = o->record_bytes / 2;
+	uint8_t *k = malloc((size_t)FILL_RECORDS * row), *v = malloc((size_t)FILL_RECORDS * row);
+	int ret = 0;
+
+	if (!k || !v) {
+		ret = -ENOMEM;
+		fprintf(stderr, PROG ": out of memory for the fill buffers\n");
+		goto out;
+	}
+	for (uint32_t s = 0; s < o->streams && !ret; s++) {
+		ret = st->ops->stream_open(st->ctx, o->record_bytes, &c->s[s]);
+		if (ret) {
+			c->s[s] = NULL;
+			fprintf(stderr, PROG ": stream_open: %s\n", strerror(-ret));
+			break;
+		}
+		for (uint32_t p = 0; p < o->records && !ret; p += FILL_RECORDS) {
+			uint32_t nrec = o->records - p < FILL_RECORDS ? o->records - p : FILL_RECORDS;
+
+			if (tiers_stop) {
+				ret = interrupted();
+				break;
+			}
+			for (uint32_t j = 0; j < nrec; j++) {
+				record_fill(s, p + j, o->record_bytes, c->want);
+				memcpy(k + (size_t)j * row, c->want, row);
+				memcpy(v + (size_t)j * row, c->want + row, row);
+			}
+			ret = st->ops->write(st->ctx, c->s[s], p, nrec, k, v);
+			if (ret)
+				fprintf(stderr, PROG ": writing stream %u at %u: %s\n", s, p,
+					strerror(-ret));
+		}
+	}
+out:
+	free(k);
+	free(v);
+	return ret;
+}
+
+static int resume(struct tiers_ctx *c, struct tier_manager *m, bool to_ram)
+{
+	int ret = tier_resume(m, TIERS_SESSION, NULL, 0, c->s, c->o->streams, to_ram);
+
+	if (ret) {
+		memset(c->s, 0, c->o->streams * sizeof(*c->s));
+		fprintf(stderr, PROG ": tier_resume(to_ram = %s): %s\n", to_ram ? "true" : "false",
+			strerror(-ret));
+		return ret;
+	}
+	for (uint32_t s = 0; s < c->o->streams; s++)
+		c->g[s].stream = c->s[s];
+	return 0;
+}
+
+static int timed_gather(struct tiers_ctx *c, struct sparq_store *st, uint64_t *ns)
+{
+	uint64_t t0 = bench_now_ns();
+	int ret = st->ops->gather(st->ctx, c->g, c->o->streams);
+
+	*ns = bench_now_ns() - t0;
+	if (ret)
+		fprintf(stderr, PROG ": gather failed: %s\n", strerror(-ret));
+	return ret;
+}
+
+/* The step's rows memcpy'd out of a plain buffer (row (s, p) at the same offset as in
+ * a concatenation of the streams, wrapped at its end): the RAM gather's floor. */
+static uint64_t copy_rows(struct tiers_ctx *c, const uint8_t *window, uint64_t bytes)
+{
+	const struct tiers_opts *o = c->o;
+	uint64_t rows = bytes / o->record_bytes;
+
+	uint64_t t0 = bench_now_ns();
+	for (uint32_t s = 0; s < o->streams; s++) {
+		for (uint32_t j = 0; j < o->k; j++) {
+			uint64_t row = ((uint64_t)s * o->records + c->pos[(size_t)s * o->k + j]) % rows;
+			memcpy(c->out + ((size_t)s * o->k + j) * o->record_bytes,
+			       window + row * o->record_bytes, o->record_bytes);
+		}
+	}
+	return bench_now_ns() - t0;
+}
+
+/*
+ * Fill, park (timed), close, resume into RAM (timed), gather from RAM (timed), close.
+ * The session stays parked for the NVMe phases.
+ */
+static int tiers_ram_phase(struct tiers_ctx *c, struct tiers_report *r)
+{
+	const struct tiers_opts *o = c->o;
+	struct tier_manager *m = NULL;
+	struct sparq_store *st = NULL;
+	struct tier_stats a, b;
+	uint8_t *window;
+	int ret;
+
+	/* the floor of a RAM gather: the same rows copied from plain memory that has the
+	 * arena's size (up to WINDOW_MAX) and huge-page advice, touched before use */
+	r->window_bytes = r->data_bytes < WINDOW_MAX ? r->data_bytes : WINDOW_MAX;
+	window = bench_alloc_huge(r->window_bytes, &r->window_huge);
+	if (!window) {
+		fprintf(stderr, PROG ": out of memory for the %" PRIu64 " MiB row-copy buffer\n",
+			r->window_bytes >> 20);
+		return -ENOMEM;
+	}
+	memset(window, 0x3c, r->window_bytes);
+	ret = open_manager(c, o->max_qd, o->ram_bytes, true, &m);
+	if (ret) {
+		free(window);
+		return ret;
+	}
+	st = tier_manager_store(m);
+	fprintf(stderr, PROG ": writing %u streams x %u records into the RAM tier...\n",
+		o->streams, o->records);
+	uint64_t t0 = bench_now_ns();
+	ret = fill_streams(c, st);
+	r->fill_s = (double)(bench_now_ns() - t0) / 1e9;
+	if (ret)
+		goto out;
+
+	fprintf(stderr, PROG ": parking them...\n");
+	t0 = bench_now_ns();
+	ret = tier_park(m, TIERS_SESSION, NULL, 0, c->s, o->streams);
+	r->park_s = (double)(bench_now_ns() - t0) / 1e9;
+	if (ret) {
+		fprintf(stderr, PROG ": tier_park: %s\n", strerror(-ret));
+		goto out;
+	}
+	close_streams(c, st);
+	if (tiers_stop) {
+		ret = interrupted();
+		goto out;
+	}
+
+	fprintf(stderr, PROG ": resuming into RAM...\n");
+	t0 = bench_now_ns();
+	ret = resume(c, m, true);
+	r->resume_s = (double)(bench_now_ns() - t0) / 1e9;
+	if (ret)
+		goto out;
+
+	fprintf(stderr, PROG ": gathering from RAM (%u steps), next to memcpy of the same rows "
+		"from a plain %" PRIu64 " MiB buffer...\n", r->ram_reps, r->window_bytes >> 20);
+	tier_manager_stats(m, &a);
+	for (uint32_t rep = 0; rep < TIERS_WARMUP + r->ram_reps && !ret; rep++) {
+		uint64_t ns_g, ns_rows;
+
+		if (tiers_stop) {
+			ret = interrupted();
+			break;
+		}
+		step_positions(c, 0, rep);
+		ret = timed_gather(c, st, &ns_g);
+		if (!ret)
+			ret = check_gather(c, "the RAM gather");
+		ns_rows = copy_rows(c, window, r->window_bytes);
+		if (rep >= TIERS_WARMUP) {
+			c->ns_a[rep - TIERS_WARMUP] = ns_g;
+			c->ns_b[rep - TIERS_WARMUP] = ns_rows;
+		}
+	}
+	tier_manager_stats(m, &b);
+	r->ram_nvme_served = b.nvme_records_read - a.nvme_records_read;
+	if (!ret) {
+		double med = bench_median(c->ns_a, r->ram_reps);
+		r->ram_p50_ms = med / 1e6;
+		r->ram_p99_ms = bench_percentile(c->ns_a, r->ram_reps, 99.0) / 1e6;
+		r->ram_rps = ratio_of((double)o->step_records, med / 1e9);
+		r->ram_gbs = ratio_of((double)o->step_records * o->record_bytes, med);
+		r->row_copy_gbs = ratio_of((double)o->step_records * o->record_bytes,
+					     bench_median(c->ns_b, r->ram_reps));
+	}
+out:
+	if (m)
+		close_streams(c, st);
+	tier_manager_close(m);
+	free(window);
+	return ret;
+}
+
+/* Raw reads and NVMe gathers at one queue depth, step by step in alternation. */
+static int tiers_qd_phase(struct tiers_ctx *c, uint32_t qi, struct tiers_qd_result *q,
+			  uint32_t per)
+{
+	const struct tiers_opts *o = c->o;
+	struct tier_nvme *n = NULL;
+	struct tier_manager *m = NULL;
+	struct sparq_store *st = NULL;
+	struct tier_stats a, b;
+	int fid = -1, ret;
+
+	q->qd = o->qd[qi];
+	q->in_flight = q->qd < per ? q->qd : per;
+	ret = open_engine(c, q->qd, c->staging, &n, &fid, false);
+	if (!ret)
+		ret = open_manager(c, q->qd, (uint64_t)NVME_RAM_CHUNKS * o->base.chunk_bytes,
+				   false, &m);
+	if (ret)
+		goto out;
+	st = tier_manager_store(m);
+	fprintf(stderr, PROG ": qd %u: raw reads and NVMe gathers, %u steps of %" PRIu64
+		" records...\n", q->qd, o->reps, o->step_records);
+	for (uint32_t rep = 0; rep < TIERS_WARMUP + o->reps && !ret; rep++) {
+		bool warm = rep < TIERS_WARMUP;
+		uint64_t ns_raw, ns_g;
+
+		if (tiers_stop) {
+			ret = interrupted();
+			break;
+		}
+		step_positions(c, qi + 1, rep);
+		ret = raw_step(c, n, fid, per, &ns_raw);
+		if (ret)
+			break;
+		/* a fresh resume per step: every chunk starts with no NVMe hits, so the
+		 * promotion rule cannot move chunks to RAM across steps */
+		ret = resume(c, m, false);
+		if (ret)
+			break;
+		tier_manager_stats(m, &a);
+		ret = timed_gather(c, st, &ns_g);
+		tier_manager_stats(m, &b);
+		close_streams(c, st);
+		if (!ret)
+			ret = check_gather(c, "the NVMe gather");
+		if (ret || warm)
+			continue;
+		c->ns_a[rep - TIERS_WARMUP] = ns_raw;
+		c->ns_b[rep - TIERS_WARMUP] = ns_g;
+		q->nvme_served += b.nvme_records_read - a.nvme_records_read;
+		q->ram_served += b.ram_records_read - a.ram_records_read;
+		q->promotions += b.promotions - a.promotions;
+		q->gather_bytes += b.nvme_gather_bytes - a.nvme_gather_bytes;
+		q->gather_requested += b.nvme_gather_requested - a.nvme_gather_requested;
+	}
+	if (ret)
+		goto out;
+	double raw = bench_median(c->ns_a, o->reps), g = bench_median(c->ns_b, o->reps);
+	q->raw_iops = ratio_of((double)o->step_records, raw / 1e9);
+	q->raw_gbs = ratio_of((double)o->step_records * c->unit, raw);
+	q->raw_lat_ms = ratio_of((double)q->in_flight, q->raw_iops) * 1e3;
+	q->raw_p50_ms = raw / 1e6;
+	q->raw_p99_ms = bench_percentile(c->ns_a, o->reps, 99.0) / 1e6;
+	q->g_rps = ratio_of((double)o->step_records, g / 1e9);
+	q->g_gbs = ratio_of((double)o->step_records * o->record_bytes, g);
+	q->g_p50_ms = g / 1e6;
+	q->g_p99_ms = bench_percentile(c->ns_b, o->reps, 99.0) / 1e6;
+	q->g_vs_raw = ratio_of(q->g_rps, q->raw_iops);
+out:
+	if (m)
+		close_streams(c, st);
+	tier_manager_close(m);
+	tier_nvme_close(n);
+	return ret;
+}
+
+/* ---- results ---- */
+
+static void fmt_rate(char *buf, size_t n, double v, const char *unit)
+{
+	const char *sp = unit[0] ? " " : "";
+
+	if (v >= 1e6)
+		snprintf(buf, n, "%.2f M%s%s", v / 1e6, sp, unit);
+	else if (v >= 1e3)
+		snprintf(buf, n, "%.1f k%s%s", v / 1e3, sp, unit);
+	else
+		snprintf(buf, n, "%.0f%s%s", v, sp, unit);
+}
+
+/* One table line, wider than the kernel mode's: quantity, value, limit, ratio. */
+static void trow(FILE *f, const char *what, const char *value, const char *limit,
+		 const char *ratio)
+{
+	fprintf(f, "%-38s %-19s %-38s %s\n", what, value, limit ? limit : "", ratio ? ratio : "");
+}
+
+static void print_tiers_table(FILE *f, const struct tiers_report *r, const struct tiers_opts *o)
+{
+	char v[96], l[96], l2[96], q[128], b1[32], b2[32];
+
+	fmt_bytes(b1, sizeof(b1), r->data_bytes);
+	fprintf(f, PROG " tiers: %s (O_DIRECT alignment %u B)\n", o->dir, r->align);
+	fprintf(f, "  %u streams x %u records of %u B = %s; one record = one %u B read "
+		   "(read amplification %.2f)\n",
+		o->streams, o->records, o->record_bytes, b1, r->unit,
+		(double)r->unit / o->record_bytes);
+	fmt_bytes(b1, sizeof(b1), o->step_records * o->record_bytes);
+	fprintf(f, "  step: k = %u sorted distinct random positions per stream = %" PRIu64
+		   " records (%s) in one batched gather\n", o->k, o->step_records, b1);
+	fmt_bytes(b1, sizeof(b1), r->staging);
+	fmt_bytes(b2, sizeof(b2), (uint64_t)NVME_RAM_CHUNKS * o->base.chunk_bytes);
+	fprintf(f, "  manager: %u KiB chunks, staging %s (%u reads per submission), RAM tier "
+		   "%" PRIu64 " MiB for park/resume/RAM gather, %s for NVMe gathers\n",
+		o->base.chunk_bytes >> 10, b1, r->per_submit, o->ram_bytes >> 20, b2);
+	fmt_bytes(b1, sizeof(b1), r->peak_rss);
+	fmt_bytes(b2, sizeof(b2), r->peak_disk);
+	fprintf(f, "  %u timed steps per qd after %u warm-up, raw and gather alternating on the "
+		   "same positions; fill %.1f s, run %.1f s, peak RSS %s, peak disk %s\n\n",
+		o->reps, TIERS_WARMUP, r->fill_s, r->total_s, b1, b2);
+
+	trow(f, "quantity", "value", "compared with", "ratio");
+	snprintf(v, sizeof(v), "%.2f GB/s", r->mem_copy_gbs);
+	snprintf(l, sizeof(l), "read + write %.2f GB/s", r->bw.copy_gbs);
+	snprintf(q, sizeof(q), "memcpy, 1 thread (%zu MiB)", r->bw_bytes >> 20);
+	trow(f, q, v, l, NULL);
+	fmt_bytes(b1, sizeof(b1), r->window_bytes);
+	snprintf(v, sizeof(v), "%.2f GB/s", r->row_copy_gbs);
+	snprintf(l, sizeof(l), "the steps' rows from %s%s", b1,
+		 r->window_huge ? ", huge pages" : "");
+	snprintf(q, sizeof(q), "memcpy of random %u B rows, 1 thread", o->record_bytes);
+	trow(f, q, v, l, NULL);
+	fmt_bytes(b1, sizeof(b1), r->raw_bytes);
+	snprintf(v, sizeof(v), "%.3f GB/s", r->seq_write_gbs);
+	snprintf(l, sizeof(l), "fresh %s file, + fdatasync", b1);
+	snprintf(q, sizeof(q), "sequential write, %u MiB x qd %u", SEQ_REQ_BYTES >> 20, SEQ_QD);
+	trow(f, q, v, l, NULL);
+	snprintf(v, sizeof(v), "%.3f GB/s", r->seq_read_gbs);
+	snprintf(q, sizeof(q), "sequential read, %u MiB x qd %u", SEQ_REQ_BYTES >> 20, SEQ_QD);
+	trow(f, q, v, r->seq_huge ? "same file; huge-page buffers" : "same file", NULL);
+	snprintf(v, sizeof(v), "%.3f / %.3f ms", r->lat_p50_ms, r->lat_p99_ms);
+	snprintf(l, sizeof(l), "mean %.3f ms, %u reads", r->lat_mean_ms, LAT_READS);
+	snprintf(q, sizeof(q), "one %u B read per submit, p50 / p99", r->unit);
+	trow(f, q, v, l, NULL);
+
+	for (uint32_t i = 0; i < o->n_qd; i++) {
+		const struct tiers_qd_result *x = &r->q[i];
+
+		fprintf(f, "\nqueue depth %u", x->qd);
+		if (x->in_flight < x->qd)
+			fprintf(f, " (at most %u in flight: the staging buffer holds %u units)",
+				x->in_flight, r->per_submit);
+		fprintf(f, "\n");
+		fmt_rate(v, sizeof(v), x->raw_iops, "IOPS");
+		snprintf(q, sizeof(q), "  raw random %u B reads", r->unit);
+		trow(f, q, v, "the device's limit at this qd", NULL);
+		snprintf(v, sizeof(v), "%.4f GB/s", x->raw_gbs);
+		trow(f, "    bandwidth", v, NULL, NULL);
+		snprintf(v, sizeof(v), "%.3f ms", x->raw_lat_ms);
+		trow(f, "    latency per read (in flight/IOPS)", v, NULL, NULL);
+		snprintf(v, sizeof(v), "%.1f / %.1f ms", x->raw_p50_ms, x->raw_p99_ms);
+		trow(f, "    step, p50 / p99", v, NULL, NULL);
+		fmt_rate(v, sizeof(v), x->g_rps, "rec/s");
+		fmt_rate(b1, sizeof(b1), x->raw_iops, "IOPS");
+		snprintf(l, sizeof(l), "raw %s", b1);
+		snprintf(q, sizeof(q), "%.2f gather_vs_raw_iops (target >= %.2f: %s)", x->g_vs_raw,
+			 GATHER_TARGET, x->g_vs_raw >= GATHER_TARGET ? "met" : "MISSED");
+		trow(f, "  top-k gather from NVMe", v, l, q);
+		snprintf(v, sizeof(v), "%.4f GB/s", x->g_gbs);
+		snprintf(l, sizeof(l), "raw %.4f GB/s", x->raw_gbs);
+		snprintf(q, sizeof(q), "%.2f", ratio_of(x->g_gbs, x->raw_gbs));
+		trow(f, "    bandwidth (record bytes)", v, l, q);
+		snprintf(v, sizeof(v), "%.1f / %.1f ms", x->g_p50_ms, x->g_p99_ms);
+		snprintf(l, sizeof(l), "raw %.1f / %.1f ms", x->raw_p50_ms, x->raw_p99_ms);
+		trow(f, "    step, p50 / p99", v, l, NULL);
+		snprintf(v, sizeof(v), "%" PRIu64 " / %" PRIu64 " / %" PRIu64, x->nvme_served,
+			 x->ram_served, x->promotions);
+		snprintf(l, sizeof(l), "of %" PRIu64 " records requested",
+			 o->step_records * o->reps);
+		trow(f, "    from NVMe / from RAM / promotions", v, l, NULL);
+	}
+
+	fprintf(f, "\n");
+	snprintf(v, sizeof(v), "%.3f", r->read_amp);
+	snprintf(l, sizeof(l), "unit %u B / record %u B", r->unit, o->record_bytes);
+	trow(f, "read amplification (NVMe gathers)", v, l, NULL);
+	fmt_rate(v, sizeof(v), r->ram_rps, "rec/s");
+	snprintf(l, sizeof(l), "%u steps, p50 %.2f ms", r->ram_reps, r->ram_p50_ms);
+	trow(f, "top-k gather from RAM", v, l, NULL);
+	snprintf(v, sizeof(v), "%.2f GB/s", r->ram_gbs);
+	snprintf(l, sizeof(l), "memcpy 1 thread %.2f GB/s", r->mem_copy_gbs);
+	snprintf(q, sizeof(q), "%.2f gather_ram_vs_mem_copy", r->ram_vs_copy);
+	trow(f, "  bandwidth (record bytes)", v, l, q);
+	snprintf(l, sizeof(l), "random rows %.2f GB/s", r->row_copy_gbs);
+	snprintf(q, sizeof(q), "%.2f gather_ram_vs_row_copy", r->ram_vs_rows);
+	trow(f, "", "", l, q);
+	fmt_bytes(b1, sizeof(b1), r->data_bytes);
+	snprintf(v, sizeof(v), "%.3f GB/s", r->park_gbs);
+	snprintf(l, sizeof(l), "seq write %.3f GB/s", r->seq_write_gbs);
+	snprintf(q, sizeof(q), "%.2f park_vs_seq_write (%.2f s)", r->park_vs, r->park_s);
+	snprintf(l2, sizeof(l2), "park, %s dirty in RAM", b1);
+	trow(f, l2, v, l, q);
+	snprintf(v, sizeof(v), "%.3f GB/s", r->resume_gbs);
+	snprintf(l, sizeof(l), "seq read %.3f GB/s", r->seq_read_gbs);
+	snprintf(q, sizeof(q), "%.2f resume_vs_seq_read (%.2f s)", r->resume_vs, r->resume_s);
+	trow(f, "resume into RAM (to_ram)", v, l, q);
+
+	fprintf(f, "\n%-6s %-14s %-16s %-8s %s\n", "qd", "raw IOPS", "gather rec/s", "ratio",
+		"target");
+	for (uint32_t i = 0; i < o->n_qd; i++) {
+		const struct tiers_qd_result *x = &r->q[i];
+		fmt_rate(v, sizeof(v), x->raw_iops, "");
+		fmt_rate(l, sizeof(l), x->g_rps, "");
+		fprintf(f, "%-6u %-14s %-16s %-8.2f >= %.2f %s\n", x->qd, v, l, x->g_vs_raw,
+			GATHER_TARGET, x->g_vs_raw >= GATHER_TARGET ? "met" : "MISSED");
+	}
+	if (r->promotions)
+		fprintf(f, "\nnote: %" PRIu64 " chunk promotions happened inside timed NVMe gathers "
+			   "(k is large against the stream: a chunk hit chunk_records/4 times in one "
+			   "step is read back whole); those gathers include chunk reads\n",
+			r->promotions);
+	if (r->ram_nvme_served)
+		fprintf(f, "\nnote: the RAM gathers read %" PRIu64 " records from NVMe\n",
+			r->ram_nvme_served);
+}
+
+static void json_arr(FILE *f, const char *key, const struct tiers_report *r, uint32_t n,
+		     size_t off, bool is_u64, bool *first)
+{
+	json_key(f, key, first);
+	fputc('[', f);
+	for (uint32_t i = 0; i < n; i++) {
+		const char *p = (const char *)&r->q[i] + off;
+		if (i)
+			fputs(", ", f);
+		if (is_u64) {
+			uint64_t u;
+			memcpy(&u, p, sizeof(u));
+			fprintf(f, "%" PRIu64, u);
+		} else {
+			double d;
+			memcpy(&d, p, sizeof(d));
+			if (isfinite(d))
+				fprintf(f, "%.9g", d);
+			else
+				fputs("null", f);
+		}
+	}
+	fputc(']', f);
+}
+
+static void print_tiers_json(FILE *f, const struct tiers_report *r, const struct tiers_opts *o)
+{
+	bool first = true;
+	uint32_t n = o->n_qd;
+
+	json_str(f, "mode", "tiers", &first);
+	json_str(f, "dir", o->dir, &first);
+	json_u64(f, "align", r->align, &first);
+	json_u64(f, "unit", r->unit, &first);
+	json_u64(f, "record_bytes", o->record_bytes, &first);
+	json_u64(f, "streams", o->streams, &first);
+	json_u64(f, "records_per_stream", o->records, &first);
+	json_u64(f, "k", o->k, &first);
+	json_u64(f, "step_records", o->step_records, &first);
+	json_u64(f, "reps", o->reps, &first);
+	json_u64(f, "data_bytes", r->data_bytes, &first);
+	json_u64(f, "chunk_bytes", o->base.chunk_bytes, &first);
+	json_u64(f, "staging_bytes", r->staging, &first);
+	json_u64(f, "ram_tier_bytes", o->ram_bytes, &first);
+	json_key(f, "qd", &first);
+	fputc('[', f);
+	for (uint32_t i = 0; i < n; i++)
+		fprintf(f, "%s%u", i ? ", " : "", r->q[i].qd);
+	fputc(']', f);
+#define QARR(key, field, u) json_arr(f, key, r, n, offsetof(struct tiers_qd_result, field), u, &first)
+	QARR("raw_iops", raw_iops, false);
+	QARR("raw_gbs", raw_gbs, false);
+	QARR("raw_lat_ms", raw_lat_ms, false);
+	QARR("raw_step_p50_ms", raw_p50_ms, false);
+	QARR("raw_step_p99_ms", raw_p99_ms, false);
+	QARR("gather_nvme_records_per_s", g_rps, false);
+	QARR("gather_nvme_gbs", g_gbs, false);
+	QARR("gather_nvme_step_p50_ms", g_p50_ms, false);
+	QARR("gather_nvme_step_p99_ms", g_p99_ms, false);
+	QARR("gather_vs_raw_iops", g_vs_raw, false);
+	QARR("gather_nvme_promotions", promotions, true);
+	QARR("gather_nvme_ram_served", ram_served, true);
+#undef QARR
+	json_num(f, "gather_target", GATHER_TARGET, &first);
+	json_num(f, "read_amplification", r->read_amp, &first);
+	json_num(f, "raw_lat_qd1_p50_ms", r->lat_p50_ms, &first);
+	json_num(f, "raw_lat_qd1_p99_ms", r->lat_p99_ms, &first);
+	json_num(f, "gather_ram_records_per_s", r->ram_rps, &first);
+	json_num(f, "gather_ram_gbs", r->ram_gbs, &first);
+	json_num(f, "gather_ram_step_p50_ms", r->ram_p50_ms, &first);
+	json_u64(f, "gather_ram_reps", r->ram_reps, &first);
+	json_num(f, "mem_bw_gbs", r->bw.copy_gbs, &first);
+	json_num(f, "mem_copy_gbs", r->mem_copy_gbs, &first);
+	json_u64(f, "mem_bw_threads", 1, &first);
+	json_num(f, "gather_ram_vs_mem_copy", r->ram_vs_copy, &first);
+	json_num(f, "mem_row_copy_gbs", r->row_copy_gbs, &first);
+	json_u64(f, "mem_row_copy_window_bytes", r->window_bytes, &first);
+	json_num(f, "gather_ram_vs_row_copy", r->ram_vs_rows, &first);
+	json_num(f, "park_gbs", r->park_gbs, &first);
+	json_num(f, "park_s", r->park_s, &first);
+	json_num(f, "resume_gbs", r->resume_gbs, &first);
+	json_num(f, "resume_s", r->resume_s, &first);
+	json_num(f, "seq_write_gbs", r->seq_write_gbs, &first);
+	json_num(f, "seq_read_gbs", r->seq_read_gbs, &first);
+	json_num(f, "park_vs_seq_write", r->park_vs, &first);
+	json_num(f, "resume_vs_seq_read", r->resume_vs, &first);
+	json_num(f, "fill_s", r->fill_s, &first);
+	json_num(f, "total_s", r->total_s, &first);
+	json_u64(f, "peak_rss_bytes", r->peak_rss, &first);
+	json_u64(f, "peak_disk_bytes", r->peak_disk, &first);
+	fprintf(f, "}\n");
+}
+
+/* ---- mode tiers ---- */
+
+static int run_tiers(const struct tiers_opts *o)
+{
+	struct tiers_ctx c = { 0 };
+	struct tiers_report r = { 0 };
+	struct sigaction sa = { .sa_handler = tiers_on_signal };
+	struct rusage ru;
+	FILE *table = o->json ? stderr : stdout;
+	uint64_t t_start = bench_now_ns(), free_b;
+	int ret;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	ret = tiers_setup(&c, o);
+	if (ret)
+		goto out;
+
+	/* the device's alignment, from a probe engine on the work directory */
+	{
+		struct tier_nvme_config nc = { .dir = c.work, .queue_depth = 1,
+					       .staging_bytes = 4096, .max_files = 1 };
+		struct tier_nvme *n;
+		const char *why = NULL;
+
+		ret = tier_nvme_open(&nc, &n, &why);
+		if (ret) {
+			open_failed("tier_nvme_open", c.work, ret, why);
+			goto out;
+		}
+		r.align = tier_nvme_align(n);
+		tier_nvme_close(n);
+	}
+	c.unit = (uint32_t)round_up_u64(o->record_bytes, r.align);
+	r.unit = c.unit;
+	r.data_bytes = (uint64_t)o->streams * o->records * o->record_bytes;
+	r.raw_bytes = (uint64_t)o->streams * o->records * c.unit;
+	/* a staging buffer that keeps the deepest queue busy twice over, as the manager's */
+	uint64_t staging = round_up_u64(2ull * o->max_qd * c.unit, 4096);
+	if (staging < o->base.staging_bytes)
+		staging = o->base.staging_bytes;
+	if (staging > STAGING_MAX)
+		staging = STAGING_MAX;
+	c.staging = (uint32_t)staging;
+	r.staging = c.staging;
+	r.per_submit = c.staging / c.unit;
+	c.nvme_cap = (uint64_t)o->streams * o->chunks_per_stream * o->chunk_records * c.unit +
+		     o->base.chunk_bytes;
+	r.peak_disk = r.raw_bytes + c.nvme_cap + (uint64_t)o->streams * o->records * 4;
+	if (fs_free(c.work, &free_b) && r.peak_disk > free_b) {
+		fprintf(stderr, PROG ": this run writes %.2f GiB into %s but only %.2f GiB are "
+			"free there\n", (double)r.peak_disk / (1u << 30), o->dir,
+			(double)free_b / (1u << 30));
+		ret = -ENOSPC;
+		goto out;
+	}
+	c.ios = calloc(r.per_submit, sizeof(*c.ios));
+	if (!c.ios) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	r.ram_reps = o->reps > RAM_REPS_MIN ? o->reps : RAM_REPS_MIN;
+
+	uint64_t phys = phys_bytes();
+	r.bw_bytes = TIERS_BW_BYTES;
+	if (phys && r.bw_bytes > phys / 8)
+		r.bw_bytes = (size_t)(phys / 8) & ~(size_t)4095;
+	/* one thread: the manager copies a gather's records on the caller's thread */
+	fprintf(stderr, PROG ": measuring memory bandwidth (1 thread, 2 x %zu MiB)...\n",
+		r.bw_bytes >> 20);
+	ret = bench_mem_bw(1, r.bw_bytes, BW_REPS, &r.bw);
+	if (ret) {
+		fprintf(stderr, PROG ": memory bandwidth measurement failed: errno %d (%s)\n", -ret,
+			strerror(-ret));
+		goto out;
+	}
+	r.mem_copy_gbs = r.bw.copy_gbs / 2.0;
+
+	ret = raw_sequential(&c, &r);
+	if (ret)
+		goto out;
+	ret = tiers_ram_phase(&c, &r);
+	if (ret)
+		goto out;
+	for (uint32_t i = 0; i < o->n_qd && !ret; i++)
+		ret = tiers_qd_phase(&c, i, &r.q[i], r.per_submit);
+	if (ret)
+		goto out;
+
+	uint64_t gb = 0, greq = 0;
+	for (uint32_t i = 0; i < o->n_qd; i++) {
+		gb += r.q[i].gather_bytes;
+		greq += r.q[i].gather_requested;
+		r.promotions += r.q[i].promotions;
+	}
+	r.read_amp = ratio_of((double)gb, (double)greq);
+	r.ram_vs_copy = ratio_of(r.ram_gbs, r.mem_copy_gbs);
+	r.ram_vs_rows = ratio_of(r.ram_gbs, r.row_copy_gbs);
+	r.park_gbs = ratio_of((double)r.data_bytes, r.park_s * 1e9);
+	r.resume_gbs = ratio_of((double)r.data_bytes, r.resume_s * 1e9);
+	r.park_vs = ratio_of(r.park_gbs, r.seq_write_gbs);
+	r.resume_vs = ratio_of(r.resume_gbs, r.seq_read_gbs);
+	if (getrusage(RUSAGE_SELF, &ru) == 0)
+		r.peak_rss = (uint64_t)ru.ru_maxrss * 1024;
+	r.total_s = (double)(bench_now_ns() - t_start) / 1e9;
+
+	if (o->json) {
+		print_tiers_json(stdout, &r, o);
+		fflush(stdout);
+	}
+	print_tiers_table(table, &r, o);
+	fprintf(stderr, PROG ": done (read-pass checksum %016" PRIx64 ")\n", r.bw.checksum);
+out:
+	tiers_destroy(&c);
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -1019,8 +2320,20 @@ int main(int argc, char **argv)
 		usage(stdout);
 		return 0;
 	}
+	if (strcmp(argv[1], "tiers") == 0) {
+		struct tiers_opts to;
+
+		ret = parse_tiers_args(argc - 2, argv + 2, &to);
+		if (ret == 1) {
+			usage(stdout);
+			return 0;
+		}
+		if (ret)
+			return EXIT_USAGE;
+		return run_tiers(&to) ? EXIT_RUNTIME : 0;
+	}
 	if (strcmp(argv[1], "kernel") != 0) {
-		usage_error("unknown mode '%s' (modes: kernel)", argv[1]);
+		usage_error("unknown mode '%s' (modes: kernel, tiers)", argv[1]);
 		return EXIT_USAGE;
 	}
 	ret = parse_kernel_args(argc - 2, argv + 2, &o);
