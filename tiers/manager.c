@@ -92,6 +92,12 @@ struct tier_manager {
 	struct sparq_store_stream *open;
 	struct parked *parked;
 	struct tier_stats st;
+	/* gather's queue of NVMe reads, one per staging unit; used under mu only */
+	uint32_t q_cap;
+	struct tier_io *q_ios;
+	struct chunk **q_cs;
+	uint32_t *q_rs;
+	void **q_outs;
 };
 
 static void mlog(struct tier_manager *m, enum tier_log_level lv, const char *fmt, ...)
@@ -534,11 +540,10 @@ static int flush_reads(struct tier_manager *m, struct tier_io *ios, struct chunk
 static int mgr_gather(void *ctx, const struct sparq_gather *g, uint32_t n)
 {
 	struct tier_manager *m = ctx;
-	uint32_t cap = 0, q = 0;
-	struct tier_io *ios = NULL;
-	struct chunk **cs = NULL;
-	uint32_t *rs = NULL;
-	void **outs = NULL;
+	struct tier_io *ios = m->q_ios;
+	struct chunk **cs = m->q_cs;
+	uint32_t *rs = m->q_rs, q = 0;
+	void **outs = m->q_outs;
 	int ret = 0;
 
 	pthread_mutex_lock(&m->mu);
@@ -550,23 +555,8 @@ static int mgr_gather(void *ctx, const struct sparq_gather *g, uint32_t n)
 			}
 	for (uint32_t i = 0; i < n && !ret; i++) {
 		struct sparq_store_stream *s = g[i].stream;
-		uint32_t per = (uint32_t)(m->staging_len / s->unit);
+		uint32_t per = (uint32_t)(m->staging_len / s->unit); /* <= q_cap: unit >= align */
 
-		if (cap < per) {
-			free(ios);
-			free(cs);
-			free(rs);
-			free(outs);
-			cap = per;
-			ios = calloc(cap, sizeof(*ios));
-			cs = calloc(cap, sizeof(*cs));
-			rs = calloc(cap, sizeof(*rs));
-			outs = calloc(cap, sizeof(*outs));
-			if (!ios || !cs || !rs || !outs) {
-				ret = -ENOMEM;
-				break;
-			}
-		}
 		for (uint32_t j = 0; j < g[i].n && !ret; j++) {
 			uint32_t p = g[i].pos[j], ci = p / s->chunk_records, r = p % s->chunk_records;
 			struct chunk *c = s->chunks[ci];
@@ -626,10 +616,6 @@ static int mgr_gather(void *ctx, const struct sparq_gather *g, uint32_t n)
 	}
 out:
 	pthread_mutex_unlock(&m->mu);
-	free(ios);
-	free(cs);
-	free(rs);
-	free(outs);
 	return ret;
 }
 
@@ -1290,6 +1276,16 @@ int tier_manager_open(const struct tier_manager_config *cfg, struct tier_manager
 		goto err;
 	m->align = tier_nvme_align(m->nvme);
 	m->staging = tier_nvme_staging(m->nvme, &m->staging_len);
+	m->q_cap = (uint32_t)(m->staging_len / m->align);
+	m->q_ios = calloc(m->q_cap, sizeof(*m->q_ios));
+	m->q_cs = calloc(m->q_cap, sizeof(*m->q_cs));
+	m->q_rs = calloc(m->q_cap, sizeof(*m->q_rs));
+	m->q_outs = calloc(m->q_cap, sizeof(*m->q_outs));
+	if (!m->q_ios || !m->q_cs || !m->q_rs || !m->q_outs) {
+		ret = -ENOMEM;
+		reason = "out of memory";
+		goto err;
+	}
 	struct tier_arena_stats as;
 	tier_arena_stats(m->arena, &as);
 	m->st.ram_capacity = as.capacity_bytes;
@@ -1322,6 +1318,10 @@ void tier_manager_close(struct tier_manager *m)
 		m->parked = p->next;
 		parked_free(p);
 	}
+	free(m->q_ios);
+	free(m->q_cs);
+	free(m->q_rs);
+	free(m->q_outs);
 	tier_nvme_close(m->nvme);
 	tier_arena_destroy(m->arena);
 	pthread_mutex_destroy(&m->mu);

@@ -773,10 +773,18 @@ static void fmt_bytes(char *buf, size_t n, uint64_t bytes)
 		snprintf(buf, n, "%.1f KiB", (double)bytes / 1024.0);
 }
 
-/* One table line: quantity, value, the limit it is compared with, the ratio. */
+/* One table line: quantity, value, the limit it is compared with, the ratio, in
+ * columns of the given widths (each mode sizes its own table). */
+static void row_w(FILE *f, int w_what, int w_value, int w_limit, const char *what,
+		  const char *value, const char *limit, const char *ratio)
+{
+	fprintf(f, "%-*s %-*s %-*s %s\n", w_what, what, w_value, value, w_limit,
+		limit ? limit : "", ratio ? ratio : "");
+}
+
 static void row(FILE *f, const char *what, const char *value, const char *limit, const char *ratio)
 {
-	fprintf(f, "%-34s %-16s %-34s %s\n", what, value, limit ? limit : "", ratio ? ratio : "");
+	row_w(f, 34, 16, 34, what, value, limit, ratio);
 }
 
 static void print_table(FILE *f, const struct report *r, const struct opts *o)
@@ -1959,11 +1967,11 @@ static void fmt_rate(char *buf, size_t n, double v, const char *unit)
 		snprintf(buf, n, "%.0f%s%s", v, sp, unit);
 }
 
-/* One table line, wider than the kernel mode's: quantity, value, limit, ratio. */
+/* The tiers table is wider than the kernel mode's. */
 static void trow(FILE *f, const char *what, const char *value, const char *limit,
 		 const char *ratio)
 {
-	fprintf(f, "%-38s %-19s %-38s %s\n", what, value, limit ? limit : "", ratio ? ratio : "");
+	row_w(f, 38, 19, 38, what, value, limit, ratio);
 }
 
 static void print_tiers_table(FILE *f, const struct tiers_report *r, const struct tiers_opts *o)
