@@ -59,6 +59,7 @@ struct sparq_sqe {
 	uint32_t n;
 	uint32_t kv_head;
 	uint64_t off[3];        /* data-area offsets, meaning per op; 0 = absent */
+	uint64_t reserved2;     /* must be 0 */
 };
 
 /* One completion: 64 bytes. res is 0 or a negative errno; why says which field. */
@@ -163,7 +164,8 @@ int sparq_sq_push(struct sparq_shm *shm, const struct sparq_sqe *sqe);
  * impossible (more than ring_entries ahead of the daemon's head).
  */
 int sparq_sq_pop(struct sparq_shm *shm, struct sparq_sqe *out);
-/* Daemon: posts one completion (a slot is free by sparq_sq_pop's rule). */
+/* Daemon: posts one completion (a slot is free by sparq_sq_pop's rule). One thread at a
+ * time per region: the completion ring has a single producer. */
 void sparq_cq_push(struct sparq_shm *shm, const struct sparq_cqe *cqe);
 /* Client: copies the next completion into *out; 1 taken, 0 empty, -EPROTO corrupt. */
 int sparq_cq_pop(struct sparq_shm *shm, struct sparq_cqe *out);

@@ -22,7 +22,8 @@
 #define SPARQ_WIRE_MAX_FDS 3u
 
 /*
- * Packs msg and sends it as one packet with n_fds descriptors (may be 0). -EMSGSIZE
+ * Packs msg and sends it as one packet with n_fds descriptors (may be 0). -EINVAL for
+ * a message that packs to nothing (it would read as a closed connection); -EMSGSIZE
  * when it packs to more than SPARQ_WIRE_MAX; -errno of sendmsg (-EPIPE when the peer
  * is gone; MSG_NOSIGNAL is used so it never raises SIGPIPE).
  */
