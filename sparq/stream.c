@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend-impl.h"
 #include "half.h"
@@ -60,6 +61,95 @@ int sparq_stream_create(struct sparq_backend *be, struct sparq_store *st, uint32
 err:
 	if (why)
 		*why = ret == -ENOMEM ? "out of memory" : "cannot open the stream's records";
+	sparq_stream_destroy(s);
+	return ret;
+}
+
+/* Positions read back per batch while attaching: bounded scratch, few store calls. */
+#define ATTACH_BATCH 1024u
+
+static void vsum_add(struct sparq_stream *s, const uint16_t *v, uint32_t n);
+static bool rows_finite(const uint16_t *x, size_t n, enum sparq_dtype dt);
+
+int sparq_stream_attach(struct sparq_backend *be, struct sparq_store *st,
+			struct sparq_store_stream *records, uint32_t len, uint32_t d,
+			enum sparq_dtype dt, struct sparq_stream **out, const char **why)
+{
+	struct sparq_stream *s;
+	uint32_t *pos = NULL;
+	uint16_t *rec = NULL, *k = NULL, *v = NULL;
+	const char *reason = "out of memory";
+	int ret;
+
+	ret = sparq_geometry_check(d, 1, dt, why);
+	if (ret || len > SPARQ_POS_MAX) {
+		st->ops->stream_close(st->ctx, records);
+		if (!ret && why)
+			*why = "stream longer than 2^31 positions";
+		return ret ? ret : -EINVAL;
+	}
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		st->ops->stream_close(st->ctx, records);
+		return -ENOMEM;
+	}
+	s->be = be;
+	s->store = st;
+	s->records = records;
+	s->d = d;
+	s->dtype = dt;
+	s->v_sum = calloc(2 * (size_t)d, sizeof(float));
+	pos = malloc(ATTACH_BATCH * sizeof(*pos));
+	rec = malloc((size_t)ATTACH_BATCH * 2 * d * sizeof(*rec));
+	k = malloc((size_t)ATTACH_BATCH * d * sizeof(*k));
+	v = malloc((size_t)ATTACH_BATCH * d * sizeof(*v));
+	ret = -ENOMEM;
+	if (!s->v_sum || !pos || !rec || !k || !v)
+		goto err;
+	s->v_comp = s->v_sum + d;
+	reason = "cannot create the key slice";
+	ret = be->ops->slice_create(be->ctx, d, dt, &s->slice);
+	if (ret)
+		goto err;
+	/* records are K row then V row; the slice takes K rows, v_sum the V rows */
+	for (uint32_t at = 0; at < len; at += ATTACH_BATCH) {
+		uint32_t n = len - at < ATTACH_BATCH ? len - at : ATTACH_BATCH;
+		struct sparq_gather g = { .stream = records, .pos = pos, .n = n, .out = rec };
+
+		for (uint32_t i = 0; i < n; i++)
+			pos[i] = at + i;
+		reason = "cannot read the stream's records back";
+		ret = st->ops->gather(st->ctx, &g, 1);
+		if (ret)
+			goto err;
+		for (uint32_t i = 0; i < n; i++) {
+			memcpy(k + (size_t)i * d, rec + (size_t)i * 2 * d, d * sizeof(*k));
+			memcpy(v + (size_t)i * d, rec + (size_t)i * 2 * d + d, d * sizeof(*v));
+		}
+		reason = "NaN or Inf in a stored record";
+		ret = -EINVAL;
+		if (!rows_finite(k, (size_t)n * d, dt) || !rows_finite(v, (size_t)n * d, dt))
+			goto err;
+		reason = "key slice append failed";
+		ret = be->ops->slice_write(be->ctx, s->slice, at, n, k);
+		if (ret)
+			goto err;
+		vsum_add(s, v, n);
+		s->len = at + n;
+	}
+	free(pos);
+	free(rec);
+	free(k);
+	free(v);
+	*out = s;
+	return 0;
+err:
+	if (why)
+		*why = reason;
+	free(pos);
+	free(rec);
+	free(k);
+	free(v);
 	sparq_stream_destroy(s);
 	return ret;
 }
@@ -132,6 +222,13 @@ int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
 			*why = "key slice append failed";
 		return ret;
 	}
+	vsum_add(s, v, n);
+	s->len += n;
+	return 0;
+}
+
+static void vsum_add(struct sparq_stream *s, const uint16_t *v, uint32_t n)
+{
 	for (uint32_t i = 0; i < n; i++) {
 		const uint16_t *row = v + (size_t)i * s->d;
 
@@ -143,8 +240,6 @@ int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
 			s->v_sum[c] = t;
 		}
 	}
-	s->len += n;
-	return 0;
 }
 
 uint32_t sparq_stream_len(const struct sparq_stream *s)

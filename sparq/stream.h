@@ -27,6 +27,18 @@ int sparq_stream_create(struct sparq_backend *be, struct sparq_store *st, uint32
 void sparq_stream_destroy(struct sparq_stream *s);
 
 /*
+ * A stream over records that already exist in st (e.g. a parked session resumed by
+ * the tiers): takes ownership of records (closed by sparq_stream_destroy, also on
+ * failure), reads its len records back in batches to rebuild the key slice on be and
+ * the running sum of V. -EINVAL for a bad geometry or a record holding NaN/Inf, the
+ * store's gather error (-ERANGE when it holds fewer than len records, -EBADMSG, -EIO),
+ * -ENOMEM.
+ */
+int sparq_stream_attach(struct sparq_backend *be, struct sparq_store *st,
+			struct sparq_store_stream *records, uint32_t len, uint32_t d,
+			enum sparq_dtype dt, struct sparq_stream **out, const char **why);
+
+/*
  * Appends n positions: k and v are [n][d] rows in the stream's dtype. Nothing is
  * appended on failure: -EINVAL for NaN/Inf in k or v (the reason names which),
  * -EOVERFLOW past SPARQ_POS_MAX, or the store's/backend's error (-ENOSPC, -ENOMEM).

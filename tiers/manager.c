@@ -970,6 +970,27 @@ int tier_parked_list(struct tier_manager *m, struct tier_parked_info *out, uint3
 	return 0;
 }
 
+int tier_parked_meta(struct tier_manager *m, uint64_t session, void *meta, uint32_t meta_cap,
+		     uint32_t *meta_len)
+{
+	struct parked *p;
+	int ret = 0;
+
+	pthread_mutex_lock(&m->mu);
+	p = find_parked(m, session);
+	if (!p) {
+		ret = -ENOENT;
+	} else {
+		*meta_len = p->meta_len;
+		if (meta_cap < p->meta_len)
+			ret = -ENOSPC;
+		else if (p->meta_len)
+			memcpy(meta, p->meta, p->meta_len);
+	}
+	pthread_mutex_unlock(&m->mu);
+	return ret;
+}
+
 /* Builds an open stream over a parked stream's file and checksums. */
 static int stream_from_parked(struct tier_manager *m, const struct parked *p, uint32_t i,
 			      struct sparq_store_stream **out)

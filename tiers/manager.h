@@ -88,6 +88,14 @@ int tier_parked_list(struct tier_manager *m, struct tier_parked_info *out, uint3
 		     uint32_t *count);
 
 /*
+ * Copies a parked session's meta (as given to tier_park) into meta (meta_cap bytes)
+ * without opening anything; *meta_len receives its length. -ENOENT when not parked,
+ * -ENOSPC when meta_cap is too small (*meta_len still set).
+ */
+int tier_parked_meta(struct tier_manager *m, uint64_t session, void *meta, uint32_t meta_cap,
+		     uint32_t *meta_len);
+
+/*
  * Opens the streams of a parked session (n must be its stream count; meta_cap at
  * least its meta_len). With to_ram the chunks are read back into RAM now, each checked
  * against its checksums; otherwise they stay on NVMe and are served from there.
