@@ -17,7 +17,9 @@
  *   -EINVAL bad argument, -ENOENT no such session (or another client's), -ECONNREFUSED /
  *   -ENOENT at connect when no daemon listens, -EACCES socket not accessible,
  *   -EPROTONOSUPPORT daemon speaks another protocol version, -EPIPE daemon gone,
- *   -E2BIG request larger than the shared region, -ENOSPC tiers full, -EIO, -EBADMSG.
+ *   -E2BIG request larger than the shared region, -ENOSPC tiers full, -EIO, -EBADMSG,
+ *   -ETIMEDOUT the daemon did not answer within $SPARQ_CLIENT_TIMEOUT_MS milliseconds
+ *   (default 120000; park and resume get ten times that).
  * sparq_client_error() gives the daemon's message for the last failed call.
  *
  * Thread-safety: a client handle may be shared by threads; calls on it are serialized
@@ -110,8 +112,12 @@ int sparq_session_list(struct sparq_client *c, struct sparq_session_info *out, u
 /*
  * Appends n_tokens positions to every KV head of one layer: k and v are
  * [n_tokens][n_kv_heads][head_dim] in the session's dtype (raw 16-bit patterns).
- * Prefill appends in bulk (split over several ring requests when larger than the
- * region), decode one token. Nothing is appended on error.
+ * Prefill appends in bulk, decode one token. Nothing is appended on error, with one
+ * exception: an append larger than the shared data area is split into several ring
+ * requests, each applied atomically by the daemon; NaN/Inf anywhere refuses the whole
+ * append before any piece is sent, but a daemon-side failure of a later piece (-ENOSPC,
+ * -EIO) keeps the pieces before it, and sparq_client_error() says how many tokens went
+ * in. -E2BIG when one token does not fit the data area.
  */
 int sparq_append(struct sparq_client *c, uint64_t id, uint32_t layer, uint32_t n_tokens,
 		 const uint16_t *k, const uint16_t *v);
