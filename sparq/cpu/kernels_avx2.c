@@ -14,6 +14,18 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__clang__) && __clang_major__ < 15
+/* clang before 15 does not know "f16c" in __builtin_cpu_supports: ask CPUID.1:ECX */
+#include <cpuid.h>
+static int cpu_has_f16c(void)
+{
+	unsigned a, b, c, d;
+	return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#else
+#define cpu_has_f16c() __builtin_cpu_supports("f16c")
+#endif
+
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 /* elements ahead on each channel run (2 KiB of fp16): far enough to cover DRAM latency */
 #define SCORE_PREFETCH 1024
@@ -303,7 +315,7 @@ const struct sparq_cpu_kernels *sparq_cpu_kernels_avx2(void)
 {
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-	    __builtin_cpu_supports("f16c"))
+	    cpu_has_f16c())
 		return &avx2_kernels;
 	return NULL;
 }
