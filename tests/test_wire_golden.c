@@ -163,7 +163,7 @@ static void check_requests(void)
 		Sparq__V1__Params p = SPARQ__V1__PARAMS__INIT;
 		p.l = -1;
 		p.l_set = 1;
-		p.ratio = 0.125f;
+		p.ratio = 8.0f;
 		p.blend = SPARQ__V1__BLEND__BLEND_ON;
 		c.geometry = &g;
 		c.defaults = &p;
@@ -428,6 +428,7 @@ static void check_shm_layout(void)
 		0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,	/* off[0] */
 		0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,	/* off[1] */
 		0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,	/* off[2] */
+		0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,	/* reserved2 */
 	};
 	static const uint8_t cqe_golden[16] = {
 		0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,	/* user_data */
@@ -465,6 +466,8 @@ static void check_shm_layout(void)
 	sqe.off[1] = 0x2000;
 	sqe.off[2] = 0x100000000ull;
 	check_bytes("sparq_sqe", &sqe, sqe_golden, sizeof(sqe_golden));
+	CHECK(offsetof(struct sparq_sqe, reserved2) == 56, "sqe.reserved2 at %zu",
+	      offsetof(struct sparq_sqe, reserved2));
 
 	memset(&cqe, 0, sizeof(cqe));
 	cqe.user_data = 9;
