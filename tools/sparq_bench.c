@@ -29,6 +29,7 @@
  *
  * Exit status: 0 success, 1 runtime failure, 2 usage error.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -56,6 +57,9 @@
 #include "stream.h"
 
 #include "bench_util.h"
+#ifdef SPARQ_BENCH_GPU
+#include "bench_gpu.h"
+#endif
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
@@ -176,6 +180,34 @@ struct report {
 /* The RAM gather takes milliseconds: more steps for a stable median. */
 #define RAM_REPS_MIN 20u
 
+/* Mode gpu: see run_gpu. */
+#define GPU_KMODES_MAX 6u
+#define GPU_KMODES_DEFAULT "ratio8,k512,k2048"
+#define GPU_REPS_DEFAULT 64u
+/* Query sets per layer, rotated between passes: consecutive calls on one stream never
+ * repeat a query, so no GPU-side cache can serve a call from the previous one. */
+#define GPU_QSETS 4u
+/* Streams are built until the key-slice bytes scored per pass exceed this: about 4x
+ * the L2 of an H100/H200 (50-60 MB), so the rotation measures HBM, not L2. */
+#define GPU_ROTATE_BYTES ((uint64_t)256 << 20)
+/* Dense-resident copies of the layer: at least this much, so rotation defeats L2. */
+#define GPU_SLOTS_BYTES ((uint64_t)1 << 30)
+#define GPU_SLOTS_MAX 32u
+#define GPU_HOST_DATA_MAX ((uint64_t)16 << 30)
+#define GPU_DENSE_REPS 20u
+#define GPU_OFFLOAD_LAYERS 4u
+#define GPU_OFFLOAD_REPS 5u
+#define GPU_CEIL_REPS 5u
+#define GPU_H2D_MAX ((uint64_t)1 << 30)
+#define GPU_GATHER_ROWS 262144u
+/* Dense-kernel check: odd length (partial tiles), forced splits (the reduce runs). */
+#define GPU_CHECK_S 3001u
+#define GPU_CHECK_SPLITS 7u
+#define GPU_CHECK_TOL 1e-3
+/* DESIGN.md §7, H100 PCIe Gen5: what --dry-run assumes unless told otherwise. */
+#define GPU_ASSUME_H2D 54.9
+#define GPU_ASSUME_HBM 3000.0
+
 /* ---- usage ---- */
 
 static void usage(FILE *f)
@@ -191,6 +223,10 @@ static void usage(FILE *f)
 		"  tiers    time the tier manager's top-k gathers from NVMe and from RAM and\n"
 		"           its park and resume, next to raw io_uring random reads, sequential\n"
 		"           device bandwidth and memory bandwidth measured in the same run\n"
+		"  gpu      one configuration on the GPU: the CUDA backend's SparQ step per\n"
+		"           layer and per token, its PCIe + HBM floor, dense attention resident\n"
+		"           and offloaded, pinned-copy / HBM / zero-copy gather ceilings, GPU\n"
+		"           memory per token; CSV and JSON lines for the plots\n"
 		"\n"
 		"options of kernel:\n"
 		"  --preset NAME        model geometry (default llama3-8b):\n");
@@ -230,9 +266,35 @@ static void usage(FILE *f)
 		"                       gather runs max(N, %u))\n"
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
 		"\n"
+		"options of gpu (needs a CUDA build and a device, except --dry-run):\n"
+		"  --preset NAME        model geometry (default llama3-8b)\n"
+		"  --context S          positions per stream (default 131072)\n"
+		"  --batch B            sequences (default 1)\n"
+		"  --kmodes LIST        comma-separated ratioC (r = d/C, k = max(128, S/(2C))) or\n"
+		"                       kN (fixed k = N, r = --r) (default " GPU_KMODES_DEFAULT ")\n"
+		"  --r R                r of the fixed-k modes (default d/8)\n"
+		"  --l L                local window (default k/4)\n"
+		"  --reps N             timed SparQ calls per k-mode, rounded up to whole passes\n"
+		"                       over the layers built (default %u)\n"
+		"  --layers N           layers of streams to build and rotate (default: until the\n"
+		"                       key slice scored per pass exceeds %u MiB, at most the\n"
+		"                       model's layers)\n"
+		"  --threads N          host threads for data and the backend, 0 = all (default 0)\n"
+		"  --config NAME        label of the configuration in the CSV (default S<S/1024>K-b<B>)\n"
+		"  --csv FILE           append one row per k-mode (header on a new file)\n"
+		"  --jsonl FILE         append the configuration's JSON object as one line\n"
+		"  --json               the JSON object on stdout; the table goes to stderr\n"
+		"  --dry-run            print the plan and the floor formulas, evaluated with\n"
+		"                       assumed ceilings; no GPU needed\n"
+		"  --h2d-gbs X --hbm-gbs Y\n"
+		"                       the ceilings --dry-run assumes (default %.1f and %.0f)\n"
+		"  `kernel --backend cuda` runs one configuration of this mode (its --ratio or\n"
+		"  --r/--k give the one k-mode)\n"
+		"\n"
 		"exit status: 0 success, 1 runtime failure, 2 usage error\n",
 		TIERS_STREAMS_DEFAULT, TIERS_RECORDS_DEFAULT, TIERS_RB_DEFAULT, TIERS_K_DEFAULT,
-		TIERS_QD_DEFAULT, TIERS_REPS_DEFAULT, RAM_REPS_MIN);
+		TIERS_QD_DEFAULT, TIERS_REPS_DEFAULT, RAM_REPS_MIN, GPU_REPS_DEFAULT,
+		(unsigned)(GPU_ROTATE_BYTES >> 20), GPU_ASSUME_H2D, GPU_ASSUME_HBM);
 }
 
 /* Reports a usage error; returns -EINVAL so callers can pass it on. */
@@ -555,15 +617,14 @@ static void fill_task(void *arg, uint32_t t, uint32_t n)
  * logits, and heads drawn independently would each want different rows, which real
  * GQA heads, trained to share their keys, do not.
  */
-static void make_queries(struct bench *b)
+static void fill_queries(float *qbuf, uint32_t n_items, uint32_t g, uint32_t d, uint64_t seed)
 {
 	struct bench_rng rng;
-	uint32_t g = b->g, d = b->d;
 	float own = sqrtf(1.0f - GROUP_SHARED * GROUP_SHARED);
 
-	bench_rng_seed(&rng, SEED ^ 0x51ull);
-	for (uint32_t i = 0; i < b->n_items; i++) {
-		float *q = b->q + (size_t)i * g * d;
+	bench_rng_seed(&rng, seed);
+	for (uint32_t i = 0; i < n_items; i++) {
+		float *q = qbuf + (size_t)i * g * d;
 
 		for (uint32_t c = 0; c < d; c++) {
 			float shared = bench_rng_normal(&rng);
@@ -577,6 +638,11 @@ static void make_queries(struct bench *b)
 				q[h * d + c] *= HEAVY_GAIN;
 		}
 	}
+}
+
+static void make_queries(struct bench *b)
+{
+	fill_queries(b->q, b->n_items, b->g, b->d, SEED ^ 0x51ull);
 }
 
 static int bench_setup(struct bench *b, const struct opts *o, double *setup_s)
@@ -2315,6 +2381,1310 @@ out:
 	return ret;
 }
 
+/* ==== mode gpu ==== */
+
+/*
+ * Mode gpu (issue 5, "Benchmark"): one (S, batch) configuration of a model geometry,
+ * every k-mode over the same data, on the GPU, in one run:
+ *   - ceilings: pinned host->device copy, HBM copy (read + write), zero-copy gather
+ *     of random 512 B rows from the layer's pinned host records;
+ *   - a check of the dense baseline kernel against the CPU backend's dense result on
+ *     a small case (fails the run above GPU_CHECK_TOL);
+ *   - dense attention with the layer's K/V resident in GPU memory (rotating over
+ *     copies far beyond L2) and offloaded (copied over PCIe every step, overlapped);
+ *   - the SparQ step through the CUDA backend (one batched call per layer, every KV
+ *     head), over `layers` layers of streams built from the same records and
+ *     rotated, so the key slices read per pass exceed L2; time per layer x the
+ *     model's layers is the per-token figure;
+ *   - its physical floor: bytes over PCIe (selected records + q and y) at the
+ *     measured pinned-copy bandwidth plus the key-slice bytes at the measured HBM
+ *     bandwidth; and GPU memory per token of context against dense-resident.
+ * It appends one JSON object per configuration to --jsonl and one CSV row per k-mode
+ * to --csv. --dry-run prints the plan and the floor formulas with assumed ceilings
+ * and needs no GPU (and no CUDA build).
+ *
+ * Without CUDA in the build a real run fails with "not built with CUDA". When the
+ * CUDA backend cannot be opened or fails, the ceilings and dense baselines are still
+ * reported and the run exits 1.
+ */
+
+
+struct gpu_kmode {
+	char name[24];
+	struct sparq_params params;
+};
+
+struct gpu_opts {
+	const struct preset *preset;
+	uint64_t S;
+	uint32_t batch, reps, layers, threads;
+	uint32_t r_fixed;              /* r of fixed-k modes; 0 = d/8 */
+	int32_t l;                     /* -1 = k/4 */
+	struct gpu_kmode km[GPU_KMODES_MAX];
+	uint32_t n_km;
+	const char *config, *csv, *jsonl;
+	bool json, dry_run;
+	double assume_h2d, assume_hbm;
+	/* derived */
+	char config_buf[48];
+	uint32_t g, n_items, n_threads, n_slots;
+	uint64_t rec_bytes, layer_bytes;
+};
+
+/* What one k-mode moves per layer, from the parameters alone. */
+struct gpu_plan {
+	struct sparq_resolved res;
+	uint32_t n_sel;                /* min(k, S) rows per KV head */
+	uint64_t pcie_bytes;           /* records + q + y, all KV heads */
+	uint64_t slice_bytes;          /* S·r·2 per KV head */
+	double transfer_ratio;
+};
+
+struct gpu_row {
+	struct gpu_plan pl;
+	bool ok;                       /* SparQ measured */
+	uint32_t calls;
+	double layer_ms, layer_p90_ms, ph_ms[PH_N];
+	uint64_t be_slice_bytes, be_record_bytes;  /* the backend's own counts, one call */
+	double rel_err;                /* layer 0, query set 0, against dense */
+	/* per token, all layers */
+	double sparq_ms, floor_ms, ratio_floor, speedup_off, speedup_res;
+};
+
+struct gpu_report {
+	char dev[256], be_detail[160];
+	int cc_major, cc_minor, sm_count;
+	uint64_t dev_mem, l2_bytes;
+	double h2d_gbs, hbm_gbs, gather_gbs;
+	uint64_t h2d_bytes, hbm_bytes, gather_rows;
+	double check_err, check_off_err;
+	uint32_t dense_splits;
+	double res_layer_ms, off_layer_ms, res_gbs, off_gbs;
+	double dense_res_ms, dense_off_ms;    /* per token, all layers */
+	double gen_s, fill_s, total_s;
+	uint64_t gpu_used;                    /* device memory taken by the backend's streams */
+	double bpt_sparq, bpt_dense;          /* per token, per KV head, per layer */
+	uint32_t layers;                      /* layers of streams built */
+	bool dry_run;                         /* nothing measured: floors at assumed ceilings */
+	bool dense_ok;                        /* ceilings and dense baselines measured */
+	bool sparq_ok;
+	char sparq_why[256];
+	struct gpu_row rows[GPU_KMODES_MAX];
+};
+
+static int parse_kmodes(const char *val, struct gpu_opts *o)
+{
+	const char *p = val;
+
+	o->n_km = 0;
+	while (*p) {
+		size_t n = strcspn(p, ",");
+		char tok[24];
+		char *end;
+
+		if (n == 0 || n >= sizeof(tok) || o->n_km == GPU_KMODES_MAX)
+			return usage_error("--kmodes: expected up to %u comma-separated modes "
+					   "ratioC or kN, got '%s'", GPU_KMODES_MAX, val);
+		memcpy(tok, p, n);
+		tok[n] = '\0';
+		struct gpu_kmode *m = &o->km[o->n_km];
+		memset(m, 0, sizeof(*m));
+		snprintf(m->name, sizeof(m->name), "%s", tok);
+		m->params.blend = SPARQ_BLEND_AUTO;
+		errno = 0;
+		if (strncmp(tok, "ratio", 5) == 0 && isdigit((unsigned char)tok[5])) {
+			double c = strtod(tok + 5, &end);
+			if (errno || *end || !isfinite(c) || c < 1.0 || c > 1e6)
+				return usage_error("--kmodes: bad ratio in '%s' (ratioC, C in [1, 1e6])", tok);
+			m->params.ratio = (float)c;
+		} else if (tok[0] == 'k' && isdigit((unsigned char)tok[1])) {
+			unsigned long long k = strtoull(tok + 1, &end, 10);
+			if (errno || *end || k == 0 || k > SPARQ_POS_MAX)
+				return usage_error("--kmodes: bad k in '%s' (kN, N in [1, 2^31])", tok);
+			m->params.k = (uint32_t)k;
+		} else {
+			return usage_error("--kmodes: unknown mode '%s' (ratioC or kN)", tok);
+		}
+		o->n_km++;
+		p += n;
+		if (*p == ',')
+			p++;
+		if (*p == '\0' && p[-1] == ',')
+			return usage_error("--kmodes: trailing comma in '%s'", val);
+	}
+	if (o->n_km == 0)
+		return usage_error("--kmodes: no mode given");
+	return 0;
+}
+
+static void gpu_opts_default(struct gpu_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->preset = &presets[0];
+	o->S = 131072;
+	o->batch = 1;
+	o->reps = GPU_REPS_DEFAULT;
+	o->l = -1;
+	o->assume_h2d = GPU_ASSUME_H2D;
+	o->assume_hbm = GPU_ASSUME_HBM;
+	(void)parse_kmodes(GPU_KMODES_DEFAULT, o);
+}
+
+static int parse_gbs(const char *name, const char *val, double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(val, &end);
+	if (!val[0] || errno || *end || !isfinite(v) || v <= 0.0 || v > 1e6)
+		return usage_error("%s: expected a bandwidth in GB/s in (0, 1e6], got '%s'", name, val);
+	*out = v;
+	return 0;
+}
+
+/* One option of mode gpu; returns 1 when it was --help. */
+static int parse_gpu_one(struct gpu_opts *o, int argc, char **argv, int *i)
+{
+	const char *arg = argv[*i], *eq = strchr(arg, '='), *val = NULL;
+	size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+	uint32_t u32 = 0;
+	int ret = 0;
+
+#define IS(name) (len == strlen(name) && strncmp(arg, name, len) == 0)
+	if (IS("-h") || IS("--help") || IS("--json") || IS("--dry-run")) {
+		if (eq)
+			return usage_error("option %.*s takes no value", (int)len, arg);
+		if (IS("--json"))
+			o->json = true;
+		else if (IS("--dry-run"))
+			o->dry_run = true;
+		else
+			return 1;
+		return 0;
+	}
+	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--kmodes") || IS("--r") ||
+	      IS("--l") || IS("--reps") || IS("--layers") || IS("--threads") || IS("--config") ||
+	      IS("--csv") || IS("--jsonl") || IS("--h2d-gbs") || IS("--hbm-gbs")))
+		return usage_error("unknown option '%s'", arg);
+	ret = opt_value(argc, argv, i, eq, &val);
+	if (ret)
+		return ret;
+	if (IS("--preset")) {
+		o->preset = find_preset(val);
+		if (!o->preset)
+			return usage_error("unknown preset '%s' (llama3-8b, llama3-70b, mistral-7b, "
+					   "llama2-7b)", val);
+	} else if (IS("--context")) {
+		ret = parse_u64("--context", val, 1, SPARQ_POS_MAX, &o->S);
+	} else if (IS("--batch")) {
+		ret = parse_u32("--batch", val, 1, 4096, &o->batch);
+	} else if (IS("--kmodes")) {
+		ret = parse_kmodes(val, o);
+	} else if (IS("--r")) {
+		ret = parse_u32("--r", val, 1, SPARQ_HEAD_DIM_MAX, &o->r_fixed);
+	} else if (IS("--l")) {
+		ret = parse_u32("--l", val, 0, SPARQ_POS_MAX - 1, &u32);
+		o->l = ret ? -1 : (int32_t)u32;
+	} else if (IS("--reps")) {
+		ret = parse_u32("--reps", val, 1, 100000, &o->reps);
+	} else if (IS("--layers")) {
+		ret = parse_u32("--layers", val, 0, 1024, &o->layers);
+	} else if (IS("--threads")) {
+		ret = parse_u32("--threads", val, 0, 256, &o->threads);
+	} else if (IS("--config")) {
+		if (!val[0] || strlen(val) > 40 || strpbrk(val, ",\"\\\n"))
+			return usage_error("--config: 1 to 40 characters, no comma, quote or "
+					   "backslash, got '%s'", val);
+		o->config = val;
+	} else if (IS("--csv")) {
+		o->csv = val;
+	} else if (IS("--jsonl")) {
+		o->jsonl = val;
+	} else if (IS("--h2d-gbs")) {
+		ret = parse_gbs("--h2d-gbs", val, &o->assume_h2d);
+	} else if (IS("--hbm-gbs")) {
+		ret = parse_gbs("--hbm-gbs", val, &o->assume_hbm);
+	}
+#undef IS
+	return ret;
+}
+
+/* k-mode m resolved for this geometry: its plan. -EINVAL (reported) when it does not resolve. */
+static int gpu_plan_of(const struct gpu_opts *o, const struct gpu_kmode *m, struct gpu_plan *pl,
+		       struct sparq_params *params)
+{
+	const struct preset *p = o->preset;
+	const char *why = NULL;
+	int ret;
+
+	*params = m->params;
+	params->l = o->l;
+	if (params->k && !params->r)
+		params->r = o->r_fixed ? o->r_fixed : (p->d + 4) / 8;
+	ret = sparq_params_resolve(params, p->d, o->g, o->S, &pl->res, &why);
+	if (ret)
+		return usage_error("k-mode %s (d = %u, S = %" PRIu64 "): %s", m->name, p->d, o->S, why);
+	pl->n_sel = pl->res.k < o->S ? pl->res.k : (uint32_t)o->S;
+	/* q up and y down, fp32, per query head */
+	pl->pcie_bytes = (uint64_t)o->n_items *
+			 ((uint64_t)pl->n_sel * o->rec_bytes + 2ull * o->g * p->d * sizeof(float));
+	pl->slice_bytes = (uint64_t)o->n_items * o->S * pl->res.r * 2;
+	pl->transfer_ratio = ratio_of(sparq_transfer_sparq(o->S, p->d, pl->res.r, pl->res.k),
+				      sparq_transfer_dense(o->S, p->d));
+	return 0;
+}
+
+static uint64_t div_up(uint64_t a, uint64_t b)
+{
+	return (a + b - 1) / b;
+}
+
+static int gpu_opts_finish(struct gpu_opts *o)
+{
+	const struct preset *p = o->preset;
+	const char *why = NULL;
+	uint64_t min_slice = UINT64_MAX, phys = phys_bytes(), host_max = GPU_HOST_DATA_MAX;
+	struct sparq_params params;
+	struct gpu_plan pl;
+	int ret;
+
+	o->g = p->n_q / p->n_kv;
+	ret = sparq_geometry_check(p->d, o->g, SPARQ_DTYPE_F16, &why);
+	if (ret)
+		return usage_error("preset %s: %s", p->name, why);
+	if (!(p->d == 64 || p->d == 128 || p->d == 256) ||
+	    !(o->g == 1 || o->g == 2 || o->g == 4 || o->g == 8))
+		return usage_error("preset %s: the dense GPU baseline covers d 64/128/256 and g "
+				   "1/2/4/8", p->name);
+	o->n_items = o->batch * p->n_kv;
+	if (o->n_items > 65535)
+		return usage_error("batch %u x %u KV heads: at most 65535 streams per layer",
+				   o->batch, p->n_kv);
+	o->rec_bytes = 2ull * p->d * 2;
+	o->layer_bytes = (uint64_t)o->n_items * o->S * o->rec_bytes;
+	o->n_threads = o->threads ? o->threads : bench_online_cpus();
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		ret = gpu_plan_of(o, &o->km[i], &pl, &params);
+		if (ret)
+			return ret;
+		if (pl.slice_bytes < min_slice)
+			min_slice = pl.slice_bytes;
+	}
+	if (phys && host_max > phys / 4)
+		host_max = phys / 4;
+	if (o->layer_bytes > host_max && !o->dry_run)
+		return usage_error("one layer's records take %.2f GiB, more than this machine "
+				   "allows (%.2f GiB): lower --context or --batch",
+				   (double)o->layer_bytes / (1u << 30), (double)host_max / (1u << 30));
+	if (o->layers == 0) {
+		uint64_t want = div_up(GPU_ROTATE_BYTES, min_slice ? min_slice : 1);
+		uint64_t fit = host_max / (o->layer_bytes ? o->layer_bytes : 1);
+		if (want > p->layers)
+			want = p->layers;
+		if (want > fit)
+			want = fit;
+		o->layers = want ? (uint32_t)want : 1;
+	}
+	o->n_slots = (uint32_t)div_up(GPU_SLOTS_BYTES, o->layer_bytes);
+	if (o->n_slots < 2)
+		o->n_slots = 2;   /* the offload baseline double-buffers */
+	if (o->n_slots > GPU_SLOTS_MAX)
+		o->n_slots = GPU_SLOTS_MAX;
+	if (!o->config) {
+		if (o->S % 1024 == 0)
+			snprintf(o->config_buf, sizeof(o->config_buf), "S%" PRIu64 "K-b%u", o->S / 1024,
+				 o->batch);
+		else
+			snprintf(o->config_buf, sizeof(o->config_buf), "S%" PRIu64 "-b%u", o->S, o->batch);
+		o->config = o->config_buf;
+	}
+	return 0;
+}
+
+static int parse_gpu_args(int argc, char **argv, struct gpu_opts *o)
+{
+	gpu_opts_default(o);
+	for (int i = 0; i < argc; i++) {
+		if (strncmp(argv[i], "-", 1) != 0)
+			return usage_error("unexpected argument '%s'", argv[i]);
+		int ret = parse_gpu_one(o, argc, argv, &i);
+		if (ret)
+			return ret;
+	}
+	return gpu_opts_finish(o);
+}
+
+/*
+ * `kernel --backend cuda` is one configuration of mode gpu: the kernel options carry
+ * over (one k-mode from --ratio or --r/--k), the layers of data are chosen as in gpu.
+ */
+static int gpu_opts_from_kernel(const struct opts *k, struct gpu_opts *o)
+{
+	gpu_opts_default(o);
+	o->preset = k->preset;
+	o->S = k->S;
+	o->batch = k->batch;
+	o->reps = k->reps;
+	o->threads = k->threads;
+	o->json = k->json;
+	o->l = k->l;
+	o->n_km = 1;
+	memset(&o->km[0], 0, sizeof(o->km[0]));
+	o->km[0].params.blend = SPARQ_BLEND_AUTO;
+	if (k->have_r) {
+		o->km[0].params.r = k->r;
+		o->km[0].params.k = k->k;
+		snprintf(o->km[0].name, sizeof(o->km[0].name), "r%u-k%u", k->r, k->k);
+	} else {
+		o->km[0].params.ratio = (float)k->ratio;
+		snprintf(o->km[0].name, sizeof(o->km[0].name), "ratio%g", k->ratio);
+	}
+	if (k->dtype != SPARQ_DTYPE_F16)
+		return usage_error("--backend cuda: the GPU benchmark stores fp16 (the dense "
+				   "baselines read fp16 records)");
+	return gpu_opts_finish(o);
+}
+
+/* ---- derived figures ---- */
+
+static double gpu_floor_layer_ms(const struct gpu_plan *pl, double h2d_gbs, double hbm_gbs)
+{
+	return ratio_of((double)pl->pcie_bytes, h2d_gbs * 1e6) +
+	       ratio_of((double)pl->slice_bytes, hbm_gbs * 1e6);
+}
+
+static void gpu_derive(struct gpu_report *r, const struct gpu_opts *o)
+{
+	uint32_t L = o->preset->layers;
+
+	r->res_gbs = ratio_of((double)o->layer_bytes, r->res_layer_ms * 1e6);
+	r->off_gbs = ratio_of((double)o->layer_bytes, r->off_layer_ms * 1e6);
+	r->dense_res_ms = r->res_layer_ms * L;
+	r->dense_off_ms = r->off_layer_ms * L;
+	r->bpt_dense = (double)o->rec_bytes;
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		struct gpu_row *w = &r->rows[i];
+
+		w->floor_ms = gpu_floor_layer_ms(&w->pl, r->h2d_gbs, r->hbm_gbs) * L;
+		if (!w->ok)
+			continue;
+		w->sparq_ms = w->layer_ms * L;
+		w->ratio_floor = ratio_of(w->sparq_ms, w->floor_ms);
+		w->speedup_off = ratio_of(r->dense_off_ms, w->sparq_ms);
+		w->speedup_res = ratio_of(r->dense_res_ms, w->sparq_ms);
+	}
+}
+
+/* ---- dry run ---- */
+
+static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
+{
+	const struct preset *p = o->preset;
+	uint32_t L = p->layers;
+	char b1[32], b2[32], b3[32];
+
+	fmt_bytes(b1, sizeof(b1), o->layer_bytes);
+	fmt_bytes(b2, sizeof(b2), o->layer_bytes * o->layers);
+	fmt_bytes(b3, sizeof(b3), o->layer_bytes * o->n_slots);
+	fprintf(f, PROG " gpu --dry-run: %s, %s (%u q heads, %u KV heads, g = %u, d = %u, %u "
+		   "layers), fp16\n", o->config, p->name, p->n_q, p->n_kv, o->g, p->d, L);
+	fprintf(f, "  S = %" PRIu64 ", batch %u: %u KV-head streams per layer, %" PRIu64
+		   " B per record, %s of records per layer\n", o->S, o->batch, o->n_items,
+		o->rec_bytes, b1);
+	fprintf(f, "  plan: %u layer(s) of streams built from one layer's records (%s of host "
+		   "records), rotated; per-token figures = time per layer x %u\n", o->layers, b2, L);
+	fprintf(f, "  dense baselines: %u resident copies of the layer on the GPU (%s), offload "
+		   "double-buffered over %u layers; check on S = %u first (tolerance %.0e)\n",
+		o->n_slots, b3, GPU_OFFLOAD_LAYERS, GPU_CHECK_S, GPU_CHECK_TOL);
+	fprintf(f, "  formulas, per layer: pcie = n_kv_streams x (n_sel x %" PRIu64 " B + 2 x g x d x "
+		   "4 B); slice = n_kv_streams x S x r x 2 B\n", o->rec_bytes);
+	fprintf(f, "    floor = pcie / H2D + slice / HBM; dense offload floor = layer / H2D; "
+		   "dense resident floor = layer / HBM\n");
+	fprintf(f, "    assumed here (not measured): H2D %.1f GB/s, HBM %.0f GB/s "
+		   "(--h2d-gbs, --hbm-gbs)\n\n", o->assume_h2d, o->assume_hbm);
+	fprintf(f, "%-10s %5s %7s %6s %8s %12s %12s %11s %12s %12s %9s\n", "k_mode", "r", "k",
+		"l", "transfer", "pcie/layer", "slice/layer", "floor ms", "off floor", "res floor",
+		"max x off");
+	double off = ratio_of((double)o->layer_bytes, o->assume_h2d * 1e6) * L;
+	double res = ratio_of((double)o->layer_bytes, o->assume_hbm * 1e6) * L;
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		struct gpu_plan pl;
+		struct sparq_params params;
+
+		if (gpu_plan_of(o, &o->km[i], &pl, &params))
+			continue;
+		double fl = gpu_floor_layer_ms(&pl, o->assume_h2d, o->assume_hbm) * L;
+		fmt_bytes(b1, sizeof(b1), pl.pcie_bytes);
+		fmt_bytes(b2, sizeof(b2), pl.slice_bytes);
+		fprintf(f, "%-10s %5u %7u %6u %8.4f %12s %12s %11.3f %12.3f %12.3f %9.1f\n",
+			o->km[i].name, pl.res.r, pl.res.k, pl.res.l, pl.transfer_ratio, b1, b2, fl,
+			off, res, ratio_of(off, fl));
+	}
+	fprintf(f, "\n  (floor, off floor, res floor: ms per token over %u layers; max x off: the "
+		   "speedup over dense offload if SparQ ran at its floor and offload at its floor)\n",
+		L);
+	fprintf(f, "  GPU bytes per token per KV head per layer: dense resident %" PRIu64
+		   " (2 x d x 2 B); SparQ fp16 key slice %u (d x 2 B) plus the backend's own\n",
+		o->rec_bytes, p->d * 2);
+}
+
+/* ---- output ---- */
+
+static void gpu_print_table(FILE *f, const struct gpu_report *r, const struct gpu_opts *o)
+{
+	const struct preset *p = o->preset;
+	char v[64], l[96], q[96], b1[32];
+
+	fprintf(f, PROG " gpu: %s, %s, S = %" PRIu64 ", batch %u (%u KV-head streams per layer), "
+		   "fp16\n", o->config, p->name, o->S, o->batch, o->n_items);
+	fprintf(f, "  device: %s (sm_%d%d, %d SMs, %.0f GiB, L2 %.0f MiB)\n", r->dev, r->cc_major,
+		r->cc_minor, r->sm_count, (double)r->dev_mem / (1u << 30),
+		(double)r->l2_bytes / (1u << 20));
+	fprintf(f, "  cuda backend: %s\n", r->be_detail);
+	fmt_bytes(b1, sizeof(b1), o->layer_bytes);
+	fprintf(f, "  one layer of records = %s; SparQ timed over %u layer(s) of streams built from "
+		   "the same records, rotated, %u query sets; per-token = per-layer median x %u "
+		   "layers (projection)\n", b1, r->layers, GPU_QSETS, p->layers);
+	fprintf(f, "  data %.1f s, streams %.1f s, run %.1f s\n\n", r->gen_s, r->fill_s, r->total_s);
+
+	row_w(f, 44, 16, 34, "quantity", "value", "compared with", "ratio");
+	fmt_bytes(b1, sizeof(b1), r->h2d_bytes);
+	snprintf(v, sizeof(v), "%.2f GB/s", r->h2d_gbs);
+	snprintf(q, sizeof(q), "pinned H2D, cudaMemcpy of %s", b1);
+	row_w(f, 44, 16, 34, q, v, "PCIe Gen5 x16 ~ 63 GB/s", NULL);
+	fmt_bytes(b1, sizeof(b1), r->hbm_bytes);
+	snprintf(v, sizeof(v), "%.0f GB/s", r->hbm_gbs);
+	snprintf(q, sizeof(q), "HBM, D2D copy of %s (read + write)", b1);
+	row_w(f, 44, 16, 34, q, v, NULL, NULL);
+	snprintf(v, sizeof(v), "%.2f GB/s", r->gather_gbs);
+	snprintf(l, sizeof(l), "H2D %.2f GB/s", r->h2d_gbs);
+	snprintf(q, sizeof(q), "%.2f", ratio_of(r->gather_gbs, r->h2d_gbs));
+	row_w(f, 44, 16, 34, "zero-copy gather, random 512 B rows", v, l, q);
+	snprintf(v, sizeof(v), "%.2e", r->check_err);
+	snprintf(l, sizeof(l), "CPU dense, S = %u (tol %.0e)", GPU_CHECK_S, GPU_CHECK_TOL);
+	row_w(f, 44, 16, 34, "dense kernel rel. L2 error (resident/offload)", v, l, NULL);
+	snprintf(v, sizeof(v), "%.3f ms", r->res_layer_ms);
+	snprintf(l, sizeof(l), "%.0f GB/s of records", r->res_gbs);
+	snprintf(q, sizeof(q), "%.2f of HBM copy rate", ratio_of(r->res_gbs, r->hbm_gbs));
+	snprintf(b1, sizeof(b1), "%u", r->dense_splits);
+	row_w(f, 44, 16, 34, "dense resident, one layer (median)", v, l, q);
+	snprintf(v, sizeof(v), "%.3f ms", r->off_layer_ms);
+	snprintf(l, sizeof(l), "%.2f GB/s of records", r->off_gbs);
+	snprintf(q, sizeof(q), "%.2f of H2D", ratio_of(r->off_gbs, r->h2d_gbs));
+	row_w(f, 44, 16, 34, "dense offload, one layer (median)", v, l, q);
+	snprintf(v, sizeof(v), "%.1f B", r->bpt_sparq);
+	snprintf(l, sizeof(l), "dense resident %.0f B", r->bpt_dense);
+	snprintf(q, sizeof(q), "%.3f", ratio_of(r->bpt_sparq, r->bpt_dense));
+	row_w(f, 44, 16, 34, "GPU bytes/token/KV head/layer, SparQ", r->sparq_ok ? v : "n/a", l,
+	      r->sparq_ok ? q : NULL);
+
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		const struct gpu_row *w = &r->rows[i];
+
+		fprintf(f, "\nk-mode %s: r = %u, k = %u, l = %u, %u rows per KV head, transfer "
+			   "%.4f\n", o->km[i].name, w->pl.res.r, w->pl.res.k, w->pl.res.l, w->pl.n_sel,
+			w->pl.transfer_ratio);
+		if (!w->ok) {
+			row_w(f, 44, 16, 34, "  SparQ step", "n/a", r->sparq_why, NULL);
+			continue;
+		}
+		snprintf(v, sizeof(v), "%.3f ms", w->layer_ms);
+		snprintf(l, sizeof(l), "p90 %.3f ms, %u calls", w->layer_p90_ms, w->calls);
+		row_w(f, 44, 16, 34, "  SparQ step, one layer (median)", v, l, NULL);
+		if (w->ph_ms[PH_SCORE] + w->ph_ms[PH_SELECT] + w->ph_ms[PH_GATHER] +
+		    w->ph_ms[PH_EXACT] > 0.0) {
+			snprintf(v, sizeof(v), "%.3f/%.3f/%.3f/%.3f", w->ph_ms[PH_SCORE],
+				 w->ph_ms[PH_SELECT], w->ph_ms[PH_GATHER], w->ph_ms[PH_EXACT]);
+			row_w(f, 44, 16, 34, "  phases score/select/gather/exact ms", v,
+			      "the backend's stats", NULL);
+		}
+		snprintf(v, sizeof(v), "%.3f ms", w->sparq_ms);
+		snprintf(l, sizeof(l), "floor %.3f ms", w->floor_ms);
+		snprintf(q, sizeof(q), "%.2f ratio_floor (target <= 1.5 at 128K)", w->ratio_floor);
+		snprintf(b1, sizeof(b1), "  per token, %u layers", p->layers);
+		row_w(f, 44, 16, 34, b1, v, l, q);
+		snprintf(l, sizeof(l), "dense offload %.3f ms", r->dense_off_ms);
+		snprintf(q, sizeof(q), "%.2fx speedup_offload (target >= 10)", w->speedup_off);
+		row_w(f, 44, 16, 34, "", "", l, q);
+		snprintf(l, sizeof(l), "dense resident %.3f ms", r->dense_res_ms);
+		snprintf(q, sizeof(q), "%.2fx speedup_resident", w->speedup_res);
+		row_w(f, 44, 16, 34, "", "", l, q);
+		fmt_bytes(b1, sizeof(b1), w->pl.pcie_bytes);
+		snprintf(v, sizeof(v), "%s", b1);
+		fmt_bytes(b1, sizeof(b1), w->pl.slice_bytes);
+		snprintf(l, sizeof(l), "slice %s per layer", b1);
+		row_w(f, 44, 16, 34, "  floor bytes: PCIe per layer", v, l, NULL);
+		if (w->be_slice_bytes || w->be_record_bytes) {
+			fmt_bytes(b1, sizeof(b1), w->be_record_bytes);
+			snprintf(v, sizeof(v), "%s", b1);
+			fmt_bytes(b1, sizeof(b1), w->be_slice_bytes);
+			snprintf(l, sizeof(l), "slice %s", b1);
+			row_w(f, 44, 16, 34, "  backend's counts: records per layer", v, l, NULL);
+		}
+		snprintf(v, sizeof(v), "%.4f", w->rel_err);
+		row_w(f, 44, 16, 34, "  output rel. L2 error vs dense (layer 0)", v,
+		      "dense resident kernel", NULL);
+	}
+}
+
+static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu_opts *o)
+{
+	bool first = true;
+
+	json_str(f, "mode", "gpu", &first);
+	json_u64(f, "dry_run", r->dry_run, &first);
+	json_str(f, "config", o->config, &first);
+	json_str(f, "preset", o->preset->name, &first);
+	json_u64(f, "S", o->S, &first);
+	json_u64(f, "batch", o->batch, &first);
+	json_u64(f, "n_q_heads", o->preset->n_q, &first);
+	json_u64(f, "n_kv_heads", o->preset->n_kv, &first);
+	json_u64(f, "d", o->preset->d, &first);
+	json_u64(f, "model_layers", o->preset->layers, &first);
+	json_u64(f, "layers_built", r->layers, &first);
+	json_str(f, "device", r->dev, &first);
+	json_str(f, "cuda_backend", r->be_detail, &first);
+	json_u64(f, "layer_record_bytes", o->layer_bytes, &first);
+	json_num(f, "h2d_gbs", r->dense_ok ? r->h2d_gbs : NAN, &first);
+	json_u64(f, "h2d_bytes", r->h2d_bytes, &first);
+	json_num(f, "hbm_copy_gbs", r->dense_ok ? r->hbm_gbs : NAN, &first);
+	json_u64(f, "hbm_copy_bytes", r->hbm_bytes, &first);
+	json_num(f, "zero_copy_gather_gbs", r->dense_ok ? r->gather_gbs : NAN, &first);
+	json_u64(f, "zero_copy_gather_rows", r->gather_rows, &first);
+	json_num(f, "dense_check_rel_err", r->dense_ok ? r->check_err : NAN, &first);
+	json_num(f, "dense_check_offload_rel_err", r->dense_ok ? r->check_off_err : NAN, &first);
+	json_u64(f, "dense_splits", r->dense_splits, &first);
+	json_num(f, "dense_resident_layer_ms", r->dense_ok ? r->res_layer_ms : NAN, &first);
+	json_num(f, "dense_offload_layer_ms", r->dense_ok ? r->off_layer_ms : NAN, &first);
+	json_num(f, "dense_resident_gbs", r->dense_ok ? r->res_gbs : NAN, &first);
+	json_num(f, "dense_offload_gbs", r->dense_ok ? r->off_gbs : NAN, &first);
+	json_num(f, "dense_resident_ms", r->dense_ok ? r->dense_res_ms : NAN, &first);
+	json_num(f, "dense_offload_ms", r->dense_ok ? r->dense_off_ms : NAN, &first);
+	json_u64(f, "gpu_bytes_backend", r->gpu_used, &first);
+	json_num(f, "gpu_bytes_per_token_sparq", r->sparq_ok ? r->bpt_sparq : NAN, &first);
+	json_num(f, "gpu_bytes_per_token_dense", r->bpt_dense, &first);
+	json_str(f, "gpu_bytes_per_token_unit", "bytes per context token per KV head per layer",
+		 &first);
+	json_u64(f, "sparq_ok", r->sparq_ok, &first);
+	if (!r->sparq_ok)
+		json_str(f, "sparq_error", r->sparq_why, &first);
+	json_num(f, "data_s", r->gen_s, &first);
+	json_num(f, "streams_s", r->fill_s, &first);
+	json_num(f, "total_s", r->total_s, &first);
+	json_key(f, "rows", &first);
+	fputc('[', f);
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		const struct gpu_row *w = &r->rows[i];
+		bool f2 = true;
+
+		if (i)
+			fputs(", ", f);
+		json_str(f, "k_mode", o->km[i].name, &f2);
+		json_u64(f, "r", w->pl.res.r, &f2);
+		json_u64(f, "k", w->pl.res.k, &f2);
+		json_u64(f, "l", w->pl.res.l, &f2);
+		json_u64(f, "n_sel", w->pl.n_sel, &f2);
+		json_num(f, "transfer_ratio", w->pl.transfer_ratio, &f2);
+		json_u64(f, "pcie_bytes_per_layer", w->pl.pcie_bytes, &f2);
+		json_u64(f, "slice_bytes_per_layer", w->pl.slice_bytes, &f2);
+		json_num(f, "floor_ms", w->floor_ms, &f2);
+		json_u64(f, "calls", w->calls, &f2);
+		json_num(f, "sparq_layer_ms", w->ok ? w->layer_ms : NAN, &f2);
+		json_num(f, "sparq_layer_p90_ms", w->ok ? w->layer_p90_ms : NAN, &f2);
+		json_num(f, "score_ms", w->ok ? w->ph_ms[PH_SCORE] : NAN, &f2);
+		json_num(f, "select_ms", w->ok ? w->ph_ms[PH_SELECT] : NAN, &f2);
+		json_num(f, "gather_ms", w->ok ? w->ph_ms[PH_GATHER] : NAN, &f2);
+		json_num(f, "exact_ms", w->ok ? w->ph_ms[PH_EXACT] : NAN, &f2);
+		json_u64(f, "backend_slice_bytes", w->be_slice_bytes, &f2);
+		json_u64(f, "backend_record_bytes", w->be_record_bytes, &f2);
+		json_num(f, "sparq_ms", w->ok ? w->sparq_ms : NAN, &f2);
+		json_num(f, "ratio_floor", w->ok ? w->ratio_floor : NAN, &f2);
+		json_num(f, "speedup_offload", w->ok ? w->speedup_off : NAN, &f2);
+		json_num(f, "speedup_resident", w->ok ? w->speedup_res : NAN, &f2);
+		json_num(f, "rel_err_vs_dense", w->ok ? w->rel_err : NAN, &f2);
+		fputc('}', f);
+	}
+	fputc(']', f);
+	fprintf(f, "}\n");
+}
+
+static void csv_num(FILE *f, bool ok, double v)
+{
+	if (ok && isfinite(v))
+		fprintf(f, ",%.6g", v);
+	else
+		fputs(",", f);
+}
+
+#define GPU_CSV_HEADER "config,S,batch,k_mode,sparq_ms,floor_ms,ratio_floor,dense_offload_ms," \
+		       "dense_resident_ms,speedup_offload,speedup_resident," \
+		       "gpu_bytes_per_token_sparq,gpu_bytes_per_token_dense\n"
+
+static void gpu_print_csv(FILE *f, const struct gpu_report *r, const struct gpu_opts *o)
+{
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		const struct gpu_row *w = &r->rows[i];
+
+		fprintf(f, "%s,%" PRIu64 ",%u,%s", o->config, o->S, o->batch, o->km[i].name);
+		csv_num(f, w->ok, w->sparq_ms);
+		csv_num(f, true, w->floor_ms);
+		csv_num(f, w->ok, w->ratio_floor);
+		csv_num(f, r->dense_ok, r->dense_off_ms);
+		csv_num(f, r->dense_ok, r->dense_res_ms);
+		csv_num(f, w->ok, w->speedup_off);
+		csv_num(f, w->ok, w->speedup_res);
+		csv_num(f, r->sparq_ok, r->bpt_sparq);
+		csv_num(f, true, r->bpt_dense);
+		fputc('\n', f);
+	}
+}
+
+/* Appends to path (the header first when the file is new or empty). */
+static int gpu_append(const char *path, bool csv, const struct gpu_report *r,
+		      const struct gpu_opts *o)
+{
+	FILE *f = fopen(path, "a");
+	int ret = 0;
+
+	if (!f) {
+		ret = -errno;
+		fprintf(stderr, PROG ": cannot open %s: %s\n", path, strerror(-ret));
+		return ret;
+	}
+	if (csv) {
+		if (ftell(f) == 0)
+			fputs(GPU_CSV_HEADER, f);
+		gpu_print_csv(f, r, o);
+	} else {
+		gpu_print_json(f, r, o);
+	}
+	if (ferror(f))
+		ret = -EIO;
+	if (fclose(f) && !ret)
+		ret = -errno;
+	if (ret)
+		fprintf(stderr, PROG ": writing %s failed: %s\n", path, strerror(-ret));
+	return ret;
+}
+
+/* ---- run ---- */
+
+#ifdef SPARQ_BENCH_GPU
+
+/* ||y - ref|| / ||ref|| over n values. */
+static double rel_l2(const float *y, const float *ref, size_t n)
+{
+	double num = 0.0, den = 0.0;
+
+	for (size_t i = 0; i < n; i++) {
+		double e = (double)y[i] - ref[i];
+		num += e * e;
+		den += (double)ref[i] * ref[i];
+	}
+	return den > 0.0 ? sqrt(num / den) : (num > 0.0 ? INFINITY : 0.0);
+}
+
+/* One layer's records, [n_items][S][K row, V row] fp16, drawn as fill_stream draws. */
+struct gen_job {
+	uint16_t *rec;
+	uint32_t n_items, d;
+	uint64_t S;
+};
+
+static void gen_task(void *arg, uint32_t t, uint32_t n)
+{
+	const struct gen_job *j = arg;
+	uint64_t blocks = div_up(j->S, FILL_CHUNK), units = blocks * j->n_items;
+	float scale[SPARQ_HEAD_DIM_MAX];
+
+	for (uint64_t u = t; u < units; u += n) {
+		uint32_t item = (uint32_t)(u / blocks);
+		uint64_t p0 = (u % blocks) * FILL_CHUNK, p1 = p0 + FILL_CHUNK;
+		struct bench_rng rng;
+
+		if (p1 > j->S)
+			p1 = j->S;
+		/* the item's channel scales (some channels dominate, as in fill_stream) */
+		bench_rng_seed(&rng, SEED ^ (0x9e3779b97f4a7c15ull * (item + 1)));
+		for (uint32_t c = 0; c < j->d; c++)
+			scale[c] = expf(0.5f * bench_rng_normal(&rng));
+		bench_rng_seed(&rng, SEED ^ (0xd1b54a32d192ed03ull * (u + 1)));
+		for (uint64_t pos = p0; pos < p1; pos++) {
+			uint16_t *k = j->rec + ((size_t)item * j->S + pos) * 2 * j->d, *v = k + j->d;
+			for (uint32_t c = 0; c < j->d; c++) {
+				k[c] = sparq_f32_to_f16(bench_rng_normal_fast(&rng) * scale[c]);
+				v[c] = sparq_f32_to_f16(bench_rng_normal_fast(&rng));
+			}
+		}
+	}
+}
+
+static void gpu_fail(struct bench_gpu *gg, const char *what, int ret)
+{
+	fprintf(stderr, PROG ": %s failed: errno %d (%s): %s\n", what, -ret, strerror(-ret),
+		bench_gpu_error(gg));
+}
+
+/*
+ * The dense baseline against the CPU backend's dense result (k >= S is exact dense
+ * attention), resident and through the offload path, on GPU_CHECK_S positions of the
+ * geometry, split into GPU_CHECK_SPLITS blocks per head so the reduce is exercised.
+ */
+static int gpu_check_dense(struct bench_gpu *gg, const struct gpu_opts *go,
+			   struct gpu_report *r)
+{
+	struct opts o;
+	struct bench b = { 0 };
+	struct report kr = { 0 };
+	struct timing t;
+	struct sparq_attend_batch batch;
+	struct sparq_params dense = { .r = 1, .k = GPU_CHECK_S, .l = -1, .blend = SPARQ_BLEND_AUTO };
+	struct bench_gpu_dense *plan = NULL;
+	uint16_t *rec = NULL;
+	uint32_t *pos = NULL;
+	void *buf[2] = { NULL, NULL };
+	float *y = NULL;
+	double setup_s, ms;
+	size_t ny;
+	int ret;
+
+	opts_default(&o);
+	o.preset = go->preset;
+	o.S = GPU_CHECK_S;
+	o.threads = go->threads;
+	o.reps = 1;
+	ret = opts_finish(&o);
+	if (ret)
+		return ret;
+	ret = open_backend(&b, &o, &kr);
+	if (ret)
+		goto out;
+	ret = bench_setup(&b, &o, &setup_s);
+	if (ret)
+		goto out;
+	ret = time_attend(&b, &dense, b.y_dense, 1, &t, &batch);
+	if (ret) {
+		report_attend_error("dense check (CPU backend)", ret, &batch);
+		goto out;
+	}
+
+	struct bench_gpu_dense_shape sh = { .n_items = b.n_items, .g = b.g, .d = b.d,
+					    .S = GPU_CHECK_S, .n_split = GPU_CHECK_SPLITS };
+	size_t bytes = (size_t)b.n_items * GPU_CHECK_S * 2 * b.d * sizeof(uint16_t);
+	ny = (size_t)b.n_items * b.g * b.d;
+	pos = malloc(GPU_CHECK_S * sizeof(*pos));
+	y = malloc(ny * sizeof(*y));
+	if (!pos || !y) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = bench_gpu_host_alloc(gg, bytes, (void **)&rec);
+	if (ret == 0)
+		ret = bench_gpu_dev_alloc(gg, bytes, &buf[0]);
+	if (ret == 0)
+		ret = bench_gpu_dev_alloc(gg, bytes, &buf[1]);
+	if (ret == 0)
+		ret = bench_gpu_dense_create(gg, &sh, &plan);
+	if (ret) {
+		gpu_fail(gg, "dense check: allocation", ret);
+		goto out;
+	}
+	for (uint32_t i = 0; i < GPU_CHECK_S; i++)
+		pos[i] = i;
+	for (uint32_t i = 0; i < b.n_items && ret == 0; i++)
+		ret = sparq_stream_gather(b.streams[i], pos, GPU_CHECK_S,
+					  rec + (size_t)i * GPU_CHECK_S * 2 * b.d);
+	if (ret) {
+		fprintf(stderr, PROG ": dense check: gathering the records failed: %s\n",
+			strerror(-ret));
+		goto out;
+	}
+	ret = bench_gpu_dense_set_q(plan, b.q);
+	if (ret == 0)
+		ret = bench_gpu_upload(gg, buf[0], rec, bytes);
+	if (ret == 0)
+		ret = bench_gpu_dense_run(plan, buf[0], y);
+	if (ret) {
+		gpu_fail(gg, "dense check: resident run", ret);
+		goto out;
+	}
+	r->check_err = rel_l2(y, b.y_dense, ny);
+	memset(y, 0, ny * sizeof(*y));
+	ret = bench_gpu_dense_time_offload(plan, rec, buf, 2, 1, &ms, y);
+	if (ret) {
+		gpu_fail(gg, "dense check: offload run", ret);
+		goto out;
+	}
+	r->check_off_err = rel_l2(y, b.y_dense, ny);
+	fprintf(stderr, PROG ": dense kernel check (S = %u, %u splits, %u heads): rel. L2 error "
+		"%.3e resident, %.3e offload, tolerance %.0e\n", GPU_CHECK_S,
+		bench_gpu_dense_splits(plan), b.n_items * b.g, r->check_err, r->check_off_err,
+		GPU_CHECK_TOL);
+	if (!(r->check_err <= GPU_CHECK_TOL && r->check_off_err <= GPU_CHECK_TOL)) {
+		fprintf(stderr, PROG ": FAILED: the dense GPU baseline disagrees with the CPU "
+			"backend's dense attention; nothing is timed with a wrong kernel\n");
+		ret = -EDOM;
+	}
+out:
+	bench_gpu_dense_destroy(plan);
+	bench_gpu_dev_free(gg, buf[0]);
+	bench_gpu_dev_free(gg, buf[1]);
+	bench_gpu_host_free(gg, rec);
+	free(pos);
+	free(y);
+	bench_destroy(&b);
+	return ret;
+}
+
+/* SparQ's side: `layers` x n_items streams on the CUDA backend. */
+struct gpu_sparq {
+	struct sparq_backend *be;
+	struct sparq_store *st;
+	struct sparq_stream **streams;     /* [layers][n_items] */
+	struct sparq_attend_item *items;   /* [n_items] */
+	float *q;                          /* [layers][GPU_QSETS][n_items][g][d] */
+	float *y;                          /* [n_items][g][d] */
+	uint32_t n_streams;
+};
+
+static float *gpu_q(const struct gpu_sparq *s, const struct gpu_opts *o, uint32_t layer,
+		    uint32_t set, uint32_t item)
+{
+	size_t per = (size_t)o->g * o->preset->d;
+	return s->q + (((size_t)layer * GPU_QSETS + set) * o->n_items + item) * per;
+}
+
+static void gpu_sparq_destroy(struct gpu_sparq *s)
+{
+	for (uint32_t i = 0; s->streams && i < s->n_streams; i++)
+		sparq_stream_destroy(s->streams[i]);
+	free(s->streams);
+	free(s->items);
+	free(s->q);
+	free(s->y);
+	sparq_store_destroy(s->st);
+	sparq_backend_close(s->be);
+	memset(s, 0, sizeof(*s));
+}
+
+struct append_job {
+	struct gpu_sparq *s;
+	const uint16_t *rec;
+	uint32_t n_items, d;
+	uint64_t S;
+	int *ret;
+	const char **why;
+};
+
+/* Thread t appends streams t, t + n, ...: records de-interleaved into K and V rows. */
+static void append_task(void *arg, uint32_t t, uint32_t n)
+{
+	struct append_job *j = arg;
+	uint16_t *k = malloc((size_t)FILL_CHUNK * j->d * sizeof(*k));
+	uint16_t *v = malloc((size_t)FILL_CHUNK * j->d * sizeof(*v));
+
+	if (!k || !v) {
+		j->ret[t] = -ENOMEM;
+		j->why[t] = "out of memory for the append buffers";
+		goto out;
+	}
+	for (uint32_t i = t; i < j->s->n_streams && j->ret[t] == 0; i += n) {
+		const uint16_t *src = j->rec + (size_t)(i % j->n_items) * j->S * 2 * j->d;
+
+		for (uint64_t p = 0; p < j->S && j->ret[t] == 0; p += FILL_CHUNK) {
+			uint32_t m = (uint32_t)(j->S - p < FILL_CHUNK ? j->S - p : FILL_CHUNK);
+			for (uint32_t r = 0; r < m; r++) {
+				const uint16_t *row = src + (p + r) * 2 * j->d;
+				memcpy(k + (size_t)r * j->d, row, j->d * sizeof(*k));
+				memcpy(v + (size_t)r * j->d, row + j->d, j->d * sizeof(*v));
+			}
+			j->ret[t] = sparq_stream_append(j->s->streams[i], m, k, v, &j->why[t]);
+		}
+	}
+out:
+	free(k);
+	free(v);
+}
+
+static int gpu_sparq_setup(struct gpu_sparq *s, const struct gpu_opts *o, const uint16_t *rec,
+			   char *why, size_t why_len)
+{
+	struct sparq_backend_config cfg = { .n_threads = o->n_threads };
+	uint32_t d = o->preset->d;
+	size_t nq = (size_t)o->layers * GPU_QSETS * o->n_items * o->g * d;
+	const char *w = NULL;
+	int ret;
+
+	ret = sparq_backend_open("cuda", &cfg, &s->be);
+	if (ret) {
+		s->be = NULL;
+		snprintf(why, why_len, "sparq_backend_open(\"cuda\"): errno %d (%s)", -ret,
+			 strerror(-ret));
+		return ret;
+	}
+	s->n_streams = o->layers * o->n_items;
+	s->streams = calloc(s->n_streams, sizeof(*s->streams));
+	s->items = calloc(o->n_items, sizeof(*s->items));
+	s->q = malloc(nq * sizeof(*s->q));
+	s->y = malloc((size_t)o->n_items * o->g * d * sizeof(*s->y));
+	if (!s->streams || !s->items || !s->q || !s->y) {
+		snprintf(why, why_len, "out of memory for %u streams", s->n_streams);
+		return -ENOMEM;
+	}
+	ret = sparq_store_heap_create(STORE_CHUNK, 0, &s->st);
+	if (ret) {
+		snprintf(why, why_len, "sparq_store_heap_create: %s", strerror(-ret));
+		return ret;
+	}
+	for (uint32_t i = 0; i < s->n_streams; i++) {
+		ret = sparq_stream_create(s->be, s->st, d, SPARQ_DTYPE_F16, &s->streams[i], &w);
+		if (ret) {
+			snprintf(why, why_len, "stream %u: sparq_stream_create: %s (errno %d: %s)", i,
+				 w ? w : "?", -ret, strerror(-ret));
+			return ret;
+		}
+	}
+	for (uint32_t l = 0; l < o->layers; l++)
+		for (uint32_t set = 0; set < GPU_QSETS; set++)
+			fill_queries(gpu_q(s, o, l, set, 0), o->n_items, o->g, d,
+				     SEED ^ (0x51ull + 0x1000ull * (l * GPU_QSETS + set)));
+
+	uint32_t nt = o->n_threads < s->n_streams ? o->n_threads : s->n_streams;
+	struct append_job job = { .s = s, .rec = rec, .n_items = o->n_items, .d = d, .S = o->S };
+	job.ret = calloc(nt, sizeof(*job.ret));
+	job.why = calloc(nt, sizeof(*job.why));
+	if (!job.ret || !job.why) {
+		ret = -ENOMEM;
+		snprintf(why, why_len, "out of memory");
+	} else {
+		ret = bench_parallel(nt, append_task, &job);
+		if (ret)
+			snprintf(why, why_len, "cannot start %u threads", nt);
+		for (uint32_t t = 0; ret == 0 && t < nt; t++) {
+			if (job.ret[t]) {
+				ret = job.ret[t];
+				snprintf(why, why_len, "filling the streams: %s (errno %d: %s)",
+					 job.why[t] ? job.why[t] : "?", -ret, strerror(-ret));
+			}
+		}
+	}
+	free(job.ret);
+	free(job.why);
+	return ret;
+}
+
+/* Warm pass, then calls rotating over layers and query sets; y0 = layer 0, set 0. */
+static int gpu_time_sparq(struct gpu_sparq *s, const struct gpu_opts *o,
+			  const struct sparq_params *params, struct gpu_row *w, float *y0,
+			  char *why, size_t why_len)
+{
+	uint32_t L = o->layers, per = o->g * o->preset->d;
+	uint32_t timed = (uint32_t)div_up(o->reps > L ? o->reps : L, L) * L;
+	uint64_t *ns[PH_N] = { 0 };
+	struct sparq_attend_batch batch = { .items = s->items, .n = o->n_items,
+					    .mode = SPARQ_ATTEND_FULL, .bad_item = -1 };
+	int ret = 0;
+
+	for (int ph = 0; ph < PH_N; ph++) {
+		ns[ph] = calloc(timed, sizeof(uint64_t));
+		if (!ns[ph]) {
+			ret = -ENOMEM;
+			snprintf(why, why_len, "out of memory for timing samples");
+			goto out;
+		}
+	}
+	for (uint32_t i = 0; i < o->n_items; i++) {
+		s->items[i] = (struct sparq_attend_item){ .g = o->g, .params = *params,
+							  .y = s->y + (size_t)i * per };
+	}
+	/* calls [0, L) warm up; the last call is layer 0, set 0 again, for y0 */
+	for (uint32_t c = 0; c < L + timed + 1; c++) {
+		bool last = c == L + timed;
+		uint32_t layer = last ? 0 : c % L, set = last ? 0 : (c / L) % GPU_QSETS;
+
+		for (uint32_t i = 0; i < o->n_items; i++) {
+			s->items[i].stream = s->streams[layer * o->n_items + i];
+			s->items[i].q = gpu_q(s, o, layer, set, i);
+		}
+		memset(&batch.stats, 0, sizeof(batch.stats));
+		uint64_t t0 = bench_now_ns();
+		ret = sparq_backend_attend(s->be, &batch);
+		uint64_t t1 = bench_now_ns();
+		if (ret) {
+			snprintf(why, why_len, "sparq_backend_attend: errno %d (%s), item %d: %s",
+				 -ret, strerror(-ret), batch.bad_item, batch.why ? batch.why : "?");
+			goto out;
+		}
+		if (c < L || last)
+			continue;
+		ns[PH_STEP][c - L] = t1 - t0;
+		ns[PH_SCORE][c - L] = batch.stats.score_ns;
+		ns[PH_SELECT][c - L] = batch.stats.select_ns;
+		ns[PH_GATHER][c - L] = batch.stats.gather_ns;
+		ns[PH_EXACT][c - L] = batch.stats.exact_ns;
+		w->be_slice_bytes = batch.stats.slice_bytes;
+		w->be_record_bytes = batch.stats.record_bytes;
+	}
+	memcpy(y0, s->y, (size_t)o->n_items * per * sizeof(*y0));
+	w->calls = timed;
+	w->layer_p90_ms = bench_percentile(ns[PH_STEP], timed, 90.0) / 1e6;
+	for (int ph = 0; ph < PH_N; ph++)
+		w->ph_ms[ph] = bench_median(ns[ph], timed) / 1e6;
+	w->layer_ms = w->ph_ms[PH_STEP];
+	w->ok = true;
+out:
+	for (int ph = 0; ph < PH_N; ph++)
+		free(ns[ph]);
+	return ret;
+}
+
+/* Ceilings, then the dense baselines on layer 0's records with layer 0's first queries. */
+static int gpu_dense_phase(struct bench_gpu *gg, const struct gpu_opts *o, uint16_t *rec,
+			   const float *q0, float *y_dense, struct gpu_report *r)
+{
+	struct bench_gpu_dense_shape sh = { .n_items = o->n_items, .g = o->g, .d = o->preset->d,
+					    .S = (uint32_t)o->S };
+	struct bench_gpu_dense *plan = NULL;
+	void **slots = calloc(o->n_slots, sizeof(*slots));
+	int ret = 0;
+
+	if (!slots)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < o->n_slots && ret == 0; i++)
+		ret = bench_gpu_dev_alloc(gg, o->layer_bytes, &slots[i]);
+	if (ret == 0)
+		ret = bench_gpu_dense_create(gg, &sh, &plan);
+	if (ret) {
+		gpu_fail(gg, "dense baselines: allocation", ret);
+		goto out;
+	}
+	r->dense_splits = bench_gpu_dense_splits(plan);
+
+	fprintf(stderr, PROG ": measuring the ceilings...\n");
+	r->h2d_bytes = o->layer_bytes < GPU_H2D_MAX ? o->layer_bytes : GPU_H2D_MAX;
+	ret = bench_gpu_h2d_gbs(gg, slots[0], rec, r->h2d_bytes, GPU_CEIL_REPS, &r->h2d_gbs);
+	if (ret) {
+		gpu_fail(gg, "pinned H2D bandwidth", ret);
+		goto out;
+	}
+	r->hbm_bytes = o->layer_bytes;
+	ret = bench_gpu_d2d_gbs(gg, slots[1], slots[0], r->hbm_bytes, GPU_CEIL_REPS, &r->hbm_gbs);
+	if (ret) {
+		gpu_fail(gg, "HBM bandwidth", ret);
+		goto out;
+	}
+	uint64_t pool_rows = o->layer_bytes / 512;
+	r->gather_rows = pool_rows < GPU_GATHER_ROWS ? pool_rows : GPU_GATHER_ROWS;
+	ret = bench_gpu_gather_gbs(gg, rec, pool_rows, 512, (uint32_t)r->gather_rows, slots[1],
+				   GPU_CEIL_REPS, SEED, &r->gather_gbs);
+	if (ret) {
+		gpu_fail(gg, "zero-copy gather", ret);
+		goto out;
+	}
+
+	fprintf(stderr, PROG ": dense baselines (%u resident copies, %u splits per head)...\n",
+		o->n_slots, r->dense_splits);
+	ret = bench_gpu_upload(gg, slots[0], rec, o->layer_bytes);
+	for (uint32_t i = 1; i < o->n_slots && ret == 0; i++)
+		ret = bench_gpu_copy_d2d(gg, slots[i], slots[0], o->layer_bytes);
+	if (ret == 0)
+		ret = bench_gpu_dense_set_q(plan, q0);
+	if (ret == 0)
+		ret = bench_gpu_dense_run(plan, slots[0], y_dense);
+	if (ret == 0)
+		ret = bench_gpu_dense_time_resident(plan, slots, o->n_slots, GPU_DENSE_REPS,
+						    &r->res_layer_ms);
+	if (ret) {
+		gpu_fail(gg, "dense resident", ret);
+		goto out;
+	}
+	ret = bench_gpu_dense_time_offload(plan, rec, slots, GPU_OFFLOAD_LAYERS, GPU_OFFLOAD_REPS,
+					   &r->off_layer_ms, NULL);
+	if (ret)
+		gpu_fail(gg, "dense offload", ret);
+	else
+		r->dense_ok = true;
+out:
+	bench_gpu_dense_destroy(plan);
+	for (uint32_t i = 0; i < o->n_slots; i++)
+		bench_gpu_dev_free(gg, slots[i]);
+	free(slots);
+	return ret;
+}
+
+static int run_gpu_device(const struct gpu_opts *o, struct gpu_report *r)
+{
+	struct bench_gpu *gg = NULL;
+	struct bench_gpu_info info;
+	struct gpu_sparq s = { 0 };
+	uint16_t *rec = NULL;
+	float *q0 = NULL, *y_dense = NULL, *y0 = NULL;
+	size_t ny = (size_t)o->n_items * o->g * o->preset->d;
+	char why[256];
+	uint64_t t0, free_before = 0, free_after = 0, total = 0;
+	int ret;
+
+	ret = bench_gpu_open(&gg, &info, why, sizeof(why));
+	if (ret) {
+		fprintf(stderr, PROG ": %s\n", why);
+		return ret;
+	}
+	snprintf(r->dev, sizeof(r->dev), "%s", info.name);
+	r->cc_major = info.cc_major;
+	r->cc_minor = info.cc_minor;
+	r->sm_count = info.sm_count;
+	r->dev_mem = info.total_mem;
+	r->l2_bytes = info.l2_bytes;
+	r->layers = o->layers;
+	backend_detail("cuda", r->be_detail, sizeof(r->be_detail), false);
+
+	ret = gpu_check_dense(gg, o, r);
+	if (ret)
+		goto out;
+
+	q0 = malloc(ny * sizeof(*q0));
+	y_dense = malloc(ny * sizeof(*y_dense));
+	y0 = malloc(ny * sizeof(*y0));
+	if (!q0 || !y_dense || !y0) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = bench_gpu_host_alloc(gg, o->layer_bytes, (void **)&rec);
+	if (ret) {
+		gpu_fail(gg, "pinned records", ret);
+		goto out;
+	}
+	fprintf(stderr, PROG ": generating one layer of records (%.2f GiB, %u threads)...\n",
+		(double)o->layer_bytes / (1u << 30), o->n_threads);
+	t0 = bench_now_ns();
+	{
+		struct gen_job job = { .rec = rec, .n_items = o->n_items, .d = o->preset->d,
+				       .S = o->S };
+		ret = bench_parallel(o->n_threads, gen_task, &job);
+		if (ret) {
+			fprintf(stderr, PROG ": cannot start %u threads\n", o->n_threads);
+			goto out;
+		}
+	}
+	r->gen_s = (double)(bench_now_ns() - t0) / 1e9;
+	/* the same queries as the SparQ streams' layer 0, set 0 */
+	fill_queries(q0, o->n_items, o->g, o->preset->d, SEED ^ 0x51ull);
+
+	ret = gpu_dense_phase(gg, o, rec, q0, y_dense, r);
+	if (ret)
+		goto out;
+
+	/* SparQ: whatever fails here still leaves the ceilings and baselines to report */
+	fprintf(stderr, PROG ": building %u x %u streams on the CUDA backend...\n", o->layers,
+		o->n_items);
+	t0 = bench_now_ns();
+	ret = bench_gpu_mem_info(gg, &free_before, &total);
+	if (ret == 0)
+		ret = gpu_sparq_setup(&s, o, rec, r->sparq_why, sizeof(r->sparq_why));
+	if (ret == 0)
+		ret = bench_gpu_mem_info(gg, &free_after, &total);
+	r->fill_s = (double)(bench_now_ns() - t0) / 1e9;
+	bench_gpu_host_free(gg, rec);
+	rec = NULL;
+	if (ret) {
+		if (!r->sparq_why[0])
+			snprintf(r->sparq_why, sizeof(r->sparq_why), "%s", bench_gpu_error(gg));
+		fprintf(stderr, PROG ": SparQ on the CUDA backend: %s\n", r->sparq_why);
+		goto out;
+	}
+	r->sparq_ok = true;
+	r->gpu_used = free_before > free_after ? free_before - free_after : 0;
+	r->bpt_sparq = (double)r->gpu_used / ((double)o->layers * o->n_items * o->S);
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		struct sparq_params params;
+		struct gpu_row *w = &r->rows[i];
+
+		if (gpu_plan_of(o, &o->km[i], &w->pl, &params))
+			continue;
+		fprintf(stderr, PROG ": timing SparQ, %s (r = %u, k = %u)...\n", o->km[i].name,
+			w->pl.res.r, w->pl.res.k);
+		ret = gpu_time_sparq(&s, o, &params, w, y0, r->sparq_why, sizeof(r->sparq_why));
+		if (ret) {
+			fprintf(stderr, PROG ": SparQ on the CUDA backend: %s\n", r->sparq_why);
+			goto out;
+		}
+		w->rel_err = rel_l2(y0, y_dense, ny);
+	}
+out:
+	gpu_sparq_destroy(&s);
+	bench_gpu_host_free(gg, rec);
+	free(q0);
+	free(y_dense);
+	free(y0);
+	bench_gpu_close(gg);
+	return ret;
+}
+#else
+static int run_gpu_device(const struct gpu_opts *o, struct gpu_report *r)
+{
+	(void)o;
+	(void)r;
+	fprintf(stderr, PROG ": not built with CUDA (configure with -DSPARQ_CUDA=ON and nvcc); "
+		"the GPU benchmark cannot run (--dry-run prints its plan)\n");
+	return -ENODEV;
+}
+#endif
+
+static int run_gpu(const struct gpu_opts *o)
+{
+	struct gpu_report *r = NULL;
+	FILE *table = o->json ? stderr : stdout;
+	uint64_t t0 = bench_now_ns();
+	int ret = 0;
+
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < o->n_km; i++) {
+		struct sparq_params params;
+		(void)gpu_plan_of(o, &o->km[i], &r->rows[i].pl, &params);
+	}
+	if (o->dry_run) {
+		gpu_print_plan(stdout, o);
+#ifndef SPARQ_BENCH_GPU
+		fprintf(stdout, "\nnote: this binary was not built with CUDA; a real run fails\n");
+#endif
+		/* the files get the rows with floors at the assumed ceilings, measured
+		 * fields empty, so the output path can be checked without a GPU */
+		r->dry_run = true;
+		r->h2d_gbs = o->assume_h2d;
+		r->hbm_gbs = o->assume_hbm;
+		r->layers = o->layers;
+		snprintf(r->sparq_why, sizeof(r->sparq_why), "dry run: nothing measured");
+		gpu_derive(r, o);
+		goto files;
+	}
+	ret = run_gpu_device(o, r);
+	/* a failure before the dense baselines leaves nothing worth a table */
+	if (ret && !r->dense_ok)
+		goto out;
+	r->total_s = (double)(bench_now_ns() - t0) / 1e9;
+	gpu_derive(r, o);
+	if (o->json) {
+		gpu_print_json(stdout, r, o);
+		fflush(stdout);
+	}
+	gpu_print_table(table, r, o);
+files:
+	if (o->jsonl) {
+		int e = gpu_append(o->jsonl, false, r, o);
+		ret = ret ? ret : e;
+	}
+	if (o->csv) {
+		int e = gpu_append(o->csv, true, r, o);
+		ret = ret ? ret : e;
+	}
+out:
+	free(r);
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -2340,8 +3710,20 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		return run_tiers(&to) ? EXIT_RUNTIME : 0;
 	}
+	if (strcmp(argv[1], "gpu") == 0) {
+		struct gpu_opts go;
+
+		ret = parse_gpu_args(argc - 2, argv + 2, &go);
+		if (ret == 1) {
+			usage(stdout);
+			return 0;
+		}
+		if (ret)
+			return EXIT_USAGE;
+		return run_gpu(&go) ? EXIT_RUNTIME : 0;
+	}
 	if (strcmp(argv[1], "kernel") != 0) {
-		usage_error("unknown mode '%s' (modes: kernel, tiers)", argv[1]);
+		usage_error("unknown mode '%s' (modes: kernel, tiers, gpu)", argv[1]);
 		return EXIT_USAGE;
 	}
 	ret = parse_kernel_args(argc - 2, argv + 2, &o);
@@ -2351,5 +3733,14 @@ int main(int argc, char **argv)
 	}
 	if (ret)
 		return EXIT_USAGE;
+	/* on the GPU, a kernel run is one configuration of mode gpu: the CPU-side
+	 * figures (host memory bandwidth) say nothing about a GPU step */
+	if (strcmp(o.backend, "cuda") == 0) {
+		struct gpu_opts go;
+
+		if (gpu_opts_from_kernel(&o, &go))
+			return EXIT_USAGE;
+		return run_gpu(&go) ? EXIT_RUNTIME : 0;
+	}
 	return run_kernel(&o) ? EXIT_RUNTIME : 0;
 }
