@@ -1,0 +1,54 @@
+/*
+ * config.h — sparqd's settings (memcached style): defaults, then an optional
+ * "key = value" file (--config, keys are the long option names), then the command
+ * line, later values winning. Everything is validated here, with a reason, before the
+ * daemon allocates or creates anything: a bad value costs an exit 2 and leaves no trace.
+ */
+#ifndef SPARQD_CONFIG_H
+#define SPARQD_CONFIG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/un.h>
+
+#include "log.h"
+
+enum sd_backend_choice { SD_BACKEND_AUTO = 0, SD_BACKEND_CPU = 1, SD_BACKEND_CUDA = 2 };
+
+struct sd_config {
+	char data_dir[PATH_MAX];         /* NVMe tier files, default socket */
+	char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	unsigned socket_mode;            /* permission bits of the socket */
+	char config_file[PATH_MAX];      /* "" = none */
+	enum sd_backend_choice backend;
+	uint32_t threads;                /* backend CPU threads, 0 = all CPUs */
+	uint32_t workers;                /* request worker threads */
+	uint64_t ram_bytes, nvme_bytes;  /* tier capacities */
+	uint32_t chunk_bytes;            /* tier placement unit */
+	uint64_t shm_bytes;              /* default data area per client */
+	uint32_t ring_entries;           /* per ring, per client */
+	uint32_t max_clients;
+	bool foreground;
+	char pid_file[PATH_MAX];         /* "" = none */
+	char ready_file[PATH_MAX];       /* "" = none */
+	enum sd_log_level log_level;
+};
+
+enum sd_config_result {
+	SD_CONFIG_RUN = 0,     /* start the daemon */
+	SD_CONFIG_EXIT = 1,    /* --help or --version was answered */
+};
+
+/*
+ * Fills cfg from defaults, the --config file and argv. Returns SD_CONFIG_RUN or
+ * SD_CONFIG_EXIT, or -EINVAL with the reason in why (the caller exits 2), or the
+ * -errno of reading the config file (also with a reason).
+ */
+int sd_config_parse(int argc, char **argv, struct sd_config *cfg, char *why, size_t why_len);
+
+/* Parses "123", "64K", "512M", "2G", "1T" (powers of 1024); -EINVAL otherwise. */
+int sd_config_size(const char *s, uint64_t *out);
+
+#endif

@@ -1,0 +1,201 @@
+/*
+ * main.c — sparqd's start and stop, in the order the design fixes: settings validated
+ * before anything exists (exit 2 on a bad value), then the data directory, the tier
+ * manager (replaying parked sessions), the backend (auto: CUDA when a device answers,
+ * else the CPU with a log line), the session table, the workers, the socket; only then
+ * the pid and ready files. Stopping undoes it in reverse after the loop has drained
+ * every in-flight request and persistent sessions are parked.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loop.h"
+#include "sparqd.h"
+#include "workers.h"
+
+#define EXIT_BAD_CONFIG 2
+
+/* Writes "pid\n" to path atomically (temporary file, fsync, rename). */
+static int write_pid_file(const char *path)
+{
+	char tmp[PATH_MAX + 16], line[32];
+	int fd, n, ret = 0;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	n = snprintf(line, sizeof(line), "%ld\n", (long)getpid());
+	if (write(fd, line, (size_t)n) != n || fsync(fd))
+		ret = errno ? -errno : -EIO;
+	close(fd);
+	if (!ret && rename(tmp, path))
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+static int open_backend(struct sparqd *d)
+{
+	struct sparq_backend_config bc = { .n_threads = d->cfg.threads };
+	struct sparq_backend_info info[4];
+	int n = sparq_backend_list(info, 4), ret;
+	const char *name = d->cfg.backend == SD_BACKEND_CUDA ? "cuda" : "cpu";
+
+	if (d->cfg.backend == SD_BACKEND_AUTO) {
+		ret = sparq_backend_open("cuda", &bc, &d->be);
+		if (!ret) {
+			name = "cuda";
+		} else {
+			const char *detail = "";
+			for (int i = 0; i < n && i < 4; i++)
+				if (strcmp(info[i].name, "cuda") == 0)
+					detail = info[i].detail;
+			sd_log(&d->log, SD_LOG_INFO, "backend auto: CUDA not usable (%s: %s), using the CPU",
+			       detail, strerror(-ret));
+		}
+	}
+	if (!d->be) {
+		ret = sparq_backend_open(name, &bc, &d->be);
+		if (ret) {
+			sd_log(&d->log, SD_LOG_ERROR, "backend %s cannot be opened: %s", name,
+			       strerror(-ret));
+			return ret;
+		}
+	}
+	for (int i = 0; i < n && i < 4; i++)
+		if (strcmp(info[i].name, name) == 0)
+			snprintf(d->backend_detail, sizeof(d->backend_detail), "%s", info[i].detail);
+	sd_log(&d->log, SD_LOG_INFO, "backend %s (%s)", name, d->backend_detail);
+	return 0;
+}
+
+static int open_tiers(struct sparqd *d)
+{
+	struct tier_manager_config tc;
+	const char *why = "";
+	int ret;
+
+	tier_manager_defaults(&tc);
+	tc.dir = d->cfg.data_dir;
+	tc.ram_bytes = d->cfg.ram_bytes;
+	tc.nvme_bytes = d->cfg.nvme_bytes;
+	tc.chunk_bytes = d->cfg.chunk_bytes;
+	if (tc.staging_bytes < d->cfg.chunk_bytes)
+		tc.staging_bytes = d->cfg.chunk_bytes;
+	tc.log = sd_log_tier;
+	tc.log_user = &d->log;
+	ret = tier_manager_open(&tc, &d->tm, &why);
+	if (ret == -EOPNOTSUPP)
+		sd_log(&d->log, SD_LOG_ERROR, "data directory %s refuses O_DIRECT or io_uring: %s",
+		       d->cfg.data_dir, why);
+	else if (ret)
+		sd_log(&d->log, SD_LOG_ERROR, "tiers in %s: %s (%s)", d->cfg.data_dir, why,
+		       strerror(-ret));
+	return ret;
+}
+
+static void teardown(struct sparqd *d)
+{
+	if (d->pool_started)
+		sd_pool_stop(d);
+	if (d->sessions_ready)
+		sd_sessions_shutdown(&d->sessions);
+	sd_loop_close(d);
+	sparq_backend_close(d->be);
+	tier_manager_close(d->tm);
+	if (d->ready_written)
+		unlink(d->cfg.ready_file);
+	if (d->pid_written)
+		unlink(d->cfg.pid_file);
+}
+
+int main(int argc, char **argv)
+{
+	struct sparqd *d = calloc(1, sizeof(*d));
+	char reason[PATH_MAX + 256];
+	const char *why = "";
+	sigset_t mask;
+	int ret;
+
+	if (!d) {
+		fprintf(stderr, "sparqd: error: out of memory\n");
+		return 1;
+	}
+	d->listen_fd = d->epoll_fd = d->signal_fd = d->wake_fd = -1;
+	ret = sd_config_parse(argc, argv, &d->cfg, reason, sizeof(reason));
+	if (ret) {
+		if (ret < 0)
+			sd_log(NULL, SD_LOG_ERROR, "%s", reason);
+		free(d);
+		return ret == SD_CONFIG_EXIT ? 0 : EXIT_BAD_CONFIG;
+	}
+	d->log.level = d->cfg.log_level;
+	sd_stats_init(&d->stats);
+
+	/* workers and the backend's threads inherit this: only the signalfd sees them */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	ret = 1;
+	if (mkdir(d->cfg.data_dir, 0700) && errno != EEXIST) {
+		sd_log(&d->log, SD_LOG_ERROR, "cannot create data directory %s: %s", d->cfg.data_dir,
+		       strerror(errno));
+		goto out;
+	}
+	if (open_tiers(d) || open_backend(d))
+		goto out;
+	if (sd_sessions_init(&d->sessions, d->tm, d->be, &d->log)) {
+		sd_log(&d->log, SD_LOG_ERROR, "cannot read the parked sessions");
+		goto out;
+	}
+	d->sessions_ready = true;
+	if (sd_pool_start(d)) {
+		sd_log(&d->log, SD_LOG_ERROR, "cannot start %u workers", d->cfg.workers);
+		goto out;
+	}
+	d->pool_started = true;
+	ret = sd_loop_open(d, &why);
+	if (ret) {
+		sd_log(&d->log, SD_LOG_ERROR, "socket %s: %s (%s)", d->cfg.socket, why, strerror(-ret));
+		ret = 1;
+		goto out;
+	}
+	ret = 1;
+	if (d->cfg.pid_file[0]) {
+		if (write_pid_file(d->cfg.pid_file)) {
+			sd_log(&d->log, SD_LOG_ERROR, "cannot write pid file %s", d->cfg.pid_file);
+			goto out;
+		}
+		d->pid_written = true;
+	}
+	if (d->cfg.ready_file[0]) {
+		if (write_pid_file(d->cfg.ready_file)) {
+			sd_log(&d->log, SD_LOG_ERROR, "cannot write ready file %s", d->cfg.ready_file);
+			goto out;
+		}
+		d->ready_written = true;
+	}
+	sd_log(&d->log, SD_LOG_INFO, "listening on %s (data %s, %u workers, ram %llu MiB, nvme %llu MiB)",
+	       d->cfg.socket, d->cfg.data_dir, d->cfg.workers,
+	       (unsigned long long)(d->cfg.ram_bytes >> 20),
+	       (unsigned long long)(d->cfg.nvme_bytes >> 20));
+	ret = sd_loop_run(d) ? 1 : 0;
+out:
+	teardown(d);
+	if (ret == 0)
+		sd_log(&d->log, SD_LOG_INFO, "stopped");
+	free(d);
+	return ret;
+}
