@@ -37,7 +37,7 @@ static const struct opt opts[] = {
 	{ "workers", OPT_U32, OFF(workers), 1, 256, "N: request worker threads (4)" },
 	{ "ram-bytes", OPT_SIZE, OFF(ram_bytes), 1ull << 20, 1ull << 50, "SIZE: host RAM tier (1G)" },
 	{ "nvme-bytes", OPT_SIZE, OFF(nvme_bytes), 1ull << 20, 1ull << 56, "SIZE: NVMe tier (16G)" },
-	{ "chunk-bytes", OPT_SIZE32, OFF(chunk_bytes), 4096, 1ull << 30, "SIZE: placement unit, a multiple of 4K (512K)" },
+	{ "chunk-bytes", OPT_SIZE32, OFF(chunk_bytes), 4096, 64ull << 20, "SIZE: placement unit, a multiple of 4K (512K)" },
 	{ "shm-bytes", OPT_SIZE, OFF(shm_bytes), SPARQ_SHM_DATA_MIN, SPARQ_SHM_DATA_MAX, "SIZE: default data area per client (64M)" },
 	{ "ring-entries", OPT_U32, OFF(ring_entries), SPARQ_SHM_RING_MIN, SPARQ_SHM_RING_MAX, "N: ring entries, a power of two (256)" },
 	{ "max-clients", OPT_U32, OFF(max_clients), 1, 65536, "N: connected clients at once (64)" },

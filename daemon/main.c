@@ -98,8 +98,10 @@ static int open_tiers(struct sparqd *d)
 		sd_log(&d->log, SD_LOG_ERROR, "data directory %s refuses O_DIRECT or io_uring: %s",
 		       d->cfg.data_dir, why);
 	else if (ret)
-		sd_log(&d->log, SD_LOG_ERROR, "tiers in %s: %s (%s)", d->cfg.data_dir, why,
-		       strerror(-ret));
+		sd_log(&d->log, SD_LOG_ERROR, "cannot open the tiers in %s with --ram-bytes %llu "
+		       "--nvme-bytes %llu --chunk-bytes %u: %s (%s)", d->cfg.data_dir,
+		       (unsigned long long)d->cfg.ram_bytes, (unsigned long long)d->cfg.nvme_bytes,
+		       d->cfg.chunk_bytes, why, strerror(-ret));
 	return ret;
 }
 
@@ -123,6 +125,7 @@ int main(int argc, char **argv)
 	struct sparqd *d = calloc(1, sizeof(*d));
 	char reason[PATH_MAX + 256];
 	const char *why = "";
+	bool created_dir = false;
 	sigset_t mask;
 	int ret;
 
@@ -149,12 +152,25 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	ret = 1;
-	if (mkdir(d->cfg.data_dir, 0700) && errno != EEXIST) {
+	if (mkdir(d->cfg.data_dir, 0700) == 0)
+		created_dir = true;
+	else if (errno != EEXIST) {
 		sd_log(&d->log, SD_LOG_ERROR, "cannot create data directory %s: %s", d->cfg.data_dir,
 		       strerror(errno));
 		goto out;
 	}
-	if (open_tiers(d) || open_backend(d))
+	ret = open_tiers(d);
+	if (ret) {
+		/* the manager checks what only it can (RAM against MemAvailable): a bad value
+		 * all the same (-ENOMEM there means above MemAvailable), and the directory
+		 * made for it goes again */
+		if (created_dir)
+			rmdir(d->cfg.data_dir);
+		ret = ret == -EINVAL || ret == -ENOMEM ? EXIT_BAD_CONFIG : 1;
+		goto out;
+	}
+	ret = 1;
+	if (open_backend(d))
 		goto out;
 	if (sd_sessions_init(&d->sessions, d->tm, d->be, &d->log)) {
 		sd_log(&d->log, SD_LOG_ERROR, "cannot read the parked sessions");
