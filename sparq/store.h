@@ -11,6 +11,7 @@
 #ifndef SPARQ_STORE_H
 #define SPARQ_STORE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct sparq_store_stream; /* one stream's records inside a store; owned by the store */
@@ -45,6 +46,13 @@ struct sparq_store_ops {
 	 */
 	const void *(*addr)(void *ctx, struct sparq_store_stream *s, uint32_t pos,
 			    uint32_t *n_run);
+	/*
+	 * Optional (NULL where records have no single fixed home): the one host range every
+	 * record of the store lives in, fixed from creation to destroy, so that a device can
+	 * register (pin and map) it once and read records in place (DESIGN.md §8: register
+	 * large ranges once, never per request). Returns 0, or -ENODATA if there is none.
+	 */
+	int (*region)(void *ctx, void **base, size_t *bytes);
 	void (*destroy)(void *ctx);
 };
 
@@ -60,6 +68,14 @@ struct sparq_store {
  */
 int sparq_store_heap_create(uint32_t chunk_records, uint64_t capacity_bytes,
 			    struct sparq_store **out);
+/*
+ * The same store with every chunk carved from one region of capacity_bytes (required,
+ * > 0) reserved at creation and reported by the region op, so a GPU can map all its
+ * records once. Freed chunks are reused for chunks of the same size; -ENOSPC when the
+ * region has no room left. -EINVAL for a bad chunk size or capacity 0, -ENOMEM.
+ */
+int sparq_store_heap_create_region(uint32_t chunk_records, uint64_t capacity_bytes,
+				   struct sparq_store **out);
 /* Bytes of chunk memory the heap store holds now. */
 uint64_t sparq_store_heap_used(const struct sparq_store *st);
 

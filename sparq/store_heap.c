@@ -6,11 +6,17 @@
  *
  * Thread-safety: distinct streams may be written and gathered concurrently; the byte
  * accounting is atomic. One stream is used by one thread at a time (stream.h).
+ *
+ * The region variant (sparq_store_heap_create_region) carves chunks from one mapping
+ * reserved at creation instead of one malloc each, so a GPU can register all records
+ * once and gather them in place; freed chunks wait on a free list per chunk size.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "store.h"
 
@@ -20,6 +26,18 @@ struct heap_store {
 	uint32_t chunk_shift;
 	uint64_t capacity;        /* bytes, 0 = unlimited */
 	_Atomic uint64_t used;
+	/* region variant only (region != NULL): */
+	uint8_t *region;          /* [capacity] every chunk lives here */
+	size_t bump;              /* bytes of the region ever handed out */
+	pthread_mutex_t mu;       /* guards bump and the free lists */
+	struct free_list *lists;  /* [n_lists] freed chunks, one list per chunk size */
+	uint32_t n_lists;
+};
+
+/* Freed region chunks of one size, linked through their first bytes. */
+struct free_list {
+	size_t bytes;
+	void *head;
 };
 
 struct sparq_store_stream {
@@ -28,6 +46,57 @@ struct sparq_store_stream {
 	uint32_t n_chunks, cap_chunks;
 	uint8_t **chunks;         /* [n_chunks][chunk_records * record_bytes] */
 };
+
+static uint8_t *chunk_alloc(struct heap_store *hs, size_t bytes)
+{
+	uint8_t *c = NULL;
+
+	if (!hs->region)
+		return aligned_alloc(64, bytes);
+	pthread_mutex_lock(&hs->mu);
+	for (uint32_t i = 0; i < hs->n_lists; i++) {
+		if (hs->lists[i].bytes == bytes && hs->lists[i].head) {
+			c = hs->lists[i].head;
+			memcpy(&hs->lists[i].head, c, sizeof(void *));
+			break;
+		}
+	}
+	/* 64-byte steps keep every chunk as aligned as the malloc variant's */
+	if (!c && hs->bump + ((bytes + 63) & ~(size_t)63) <= hs->capacity) {
+		c = hs->region + hs->bump;
+		hs->bump += (bytes + 63) & ~(size_t)63;
+	}
+	pthread_mutex_unlock(&hs->mu);
+	return c;
+}
+
+/* Returns a chunk; region chunks go on their size's free list (-ENOMEM leaks it there:
+ * the region is released whole at destroy anyway). */
+static void chunk_free(struct heap_store *hs, uint8_t *c, size_t bytes)
+{
+	uint32_t i;
+
+	if (!hs->region) {
+		free(c);
+		return;
+	}
+	pthread_mutex_lock(&hs->mu);
+	for (i = 0; i < hs->n_lists && hs->lists[i].bytes != bytes; i++)
+		;
+	if (i == hs->n_lists) {
+		struct free_list *t = realloc(hs->lists, (i + 1) * sizeof(*t));
+		if (t) {
+			hs->lists = t;
+			hs->lists[i] = (struct free_list){ .bytes = bytes, .head = NULL };
+			hs->n_lists++;
+		}
+	}
+	if (i < hs->n_lists) {
+		memcpy(c, &hs->lists[i].head, sizeof(void *));
+		hs->lists[i].head = c;
+	}
+	pthread_mutex_unlock(&hs->mu);
+}
 
 static int heap_stream_open(void *ctx, uint32_t record_bytes, struct sparq_store_stream **out)
 {
@@ -51,7 +120,7 @@ static void heap_stream_close(void *ctx, struct sparq_store_stream *s)
 	if (!s)
 		return;
 	for (uint32_t i = 0; i < s->n_chunks; i++)
-		free(s->chunks[i]);
+		chunk_free(hs, s->chunks[i], (size_t)hs->chunk_records * s->record_bytes);
 	atomic_fetch_sub(&hs->used, (uint64_t)s->n_chunks * hs->chunk_records * s->record_bytes);
 	free(s->chunks);
 	free(s);
@@ -80,10 +149,10 @@ static int heap_reserve(struct heap_store *hs, struct sparq_store_stream *s, uin
 			return -ENOSPC;
 		}
 		/* 64-byte aligned so SIMD loads of a record never split a line needlessly */
-		uint8_t *c = aligned_alloc(64, chunk_bytes);
+		uint8_t *c = chunk_alloc(hs, chunk_bytes);
 		if (!c) {
 			atomic_fetch_sub(&hs->used, chunk_bytes);
-			return -ENOMEM;
+			return hs->region ? -ENOSPC : -ENOMEM;
 		}
 		s->chunks[s->n_chunks++] = c;
 	}
@@ -150,9 +219,27 @@ static const void *heap_addr(void *ctx, struct sparq_store_stream *s, uint32_t p
 	return s->chunks[pos >> hs->chunk_shift] + (size_t)off * s->record_bytes;
 }
 
+static int heap_region(void *ctx, void **base, size_t *bytes)
+{
+	struct heap_store *hs = ctx;
+
+	if (!hs->region)
+		return -ENODATA;
+	*base = hs->region;
+	*bytes = hs->capacity;
+	return 0;
+}
+
 static void heap_destroy(void *ctx)
 {
-	free(ctx);
+	struct heap_store *hs = ctx;
+
+	if (hs->region) {
+		munmap(hs->region, hs->capacity);
+		pthread_mutex_destroy(&hs->mu);
+		free(hs->lists);
+	}
+	free(hs);
 }
 
 static const struct sparq_store_ops heap_ops = {
@@ -162,6 +249,19 @@ static const struct sparq_store_ops heap_ops = {
 	.write = heap_write,
 	.gather = heap_gather,
 	.addr = heap_addr,
+	.region = NULL,
+	.destroy = heap_destroy,
+};
+
+/* The region variant differs only in having a region to report. */
+static const struct sparq_store_ops heap_region_ops = {
+	.name = "heap-region",
+	.stream_open = heap_stream_open,
+	.stream_close = heap_stream_close,
+	.write = heap_write,
+	.gather = heap_gather,
+	.addr = heap_addr,
+	.region = heap_region,
 	.destroy = heap_destroy,
 };
 
@@ -180,6 +280,34 @@ int sparq_store_heap_create(uint32_t chunk_records, uint64_t capacity_bytes,
 	hs->capacity = capacity_bytes;
 	hs->pub.ops = &heap_ops;
 	hs->pub.ctx = hs;
+	*out = &hs->pub;
+	return 0;
+}
+
+int sparq_store_heap_create_region(uint32_t chunk_records, uint64_t capacity_bytes,
+				   struct sparq_store **out)
+{
+	struct heap_store *hs;
+	struct sparq_store *st;
+	int ret;
+
+	if (capacity_bytes == 0 || capacity_bytes > SIZE_MAX / 2)
+		return -EINVAL;
+	ret = sparq_store_heap_create(chunk_records, capacity_bytes, &st);
+	if (ret)
+		return ret;
+	hs = st->ctx;
+	/* reserved, not committed: pages cost memory once records are written (or once a
+	 * device registers the region, which pins it whole) */
+	void *p = mmap(NULL, (size_t)capacity_bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		free(hs);
+		return -ENOMEM;
+	}
+	hs->region = p;
+	pthread_mutex_init(&hs->mu, NULL);
+	hs->pub.ops = &heap_region_ops;
 	*out = &hs->pub;
 	return 0;
 }
