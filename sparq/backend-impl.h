@@ -16,6 +16,9 @@ struct sparq_slice {
 	const struct sparq_backend *owner;
 	uint32_t d;
 	enum sparq_dtype dtype;
+	/* Private to the owner when it wraps another backend's slice (the CUDA backend
+	 * keeps its GPU state here on a CPU slice it can fall back to); NULL otherwise. */
+	void *ext;
 };
 
 struct sparq_backend_ops {
@@ -41,6 +44,8 @@ struct sparq_backend {
 int sparq_cpu_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out);
 /* Fills detail with the device's description or why there is none; -ENODEV if none. */
 int sparq_cuda_probe(char *detail, unsigned detail_len);
+/* The CUDA backend on device 0; -ENODEV where it is not built or no device answers. */
+int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out);
 
 /* Stream internals the backends read (stream.c). */
 struct sparq_slice *sparq_stream_slice(const struct sparq_stream *s);

@@ -36,16 +36,11 @@ int sparq_backend_list(struct sparq_backend_info *out, int max)
 int sparq_backend_open(const char *name, const struct sparq_backend_config *cfg,
 		       struct sparq_backend **out)
 {
-	char detail[160];
-
 	if (!name || strcmp(name, "cpu") == 0)
 		return sparq_cpu_backend_create(cfg, out);
-	if (strcmp(name, "cuda") == 0) {
-		int ret = sparq_cuda_probe(detail, sizeof(detail));
-		/* The CUDA kernels arrive with their own issue; until then a device that
-		 * answers still cannot serve, and saying so beats a silent CPU fallback. */
-		return ret ? ret : -ENODEV;
-	}
+	/* no silent CPU fallback: without a device (or a CUDA build) this is -ENODEV */
+	if (strcmp(name, "cuda") == 0)
+		return sparq_cuda_backend_create(cfg, out);
 	return -ENOENT;
 }
 

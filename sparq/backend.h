@@ -20,6 +20,7 @@ struct sparq_stream;
 struct sparq_backend_config {
 	uint32_t n_threads;   /* CPU worker threads, 0 = one per online CPU */
 	bool cpu_portable;    /* CPU: use the portable C kernels even where AVX2 runs */
+	uint64_t gpu_budget_bytes; /* CUDA: key-slice pool limit, 0 = 90% of free GPU memory */
 };
 
 /* What a backend did during one batched call, phase by phase (wall clock). */
@@ -30,6 +31,7 @@ struct sparq_attend_stats {
 	uint64_t exact_ns;      /* exact attention on the rows, blend */
 	uint64_t slice_bytes;   /* key-slice bytes read by scoring */
 	uint64_t record_bytes;  /* record bytes fetched from the store */
+	uint32_t cpu_items;     /* CUDA: items served by its CPU fallback (slice did not fit) */
 };
 
 struct sparq_attend_item {

@@ -12,3 +12,10 @@ int sparq_cuda_probe(char *detail, unsigned detail_len)
 	snprintf(detail, detail_len, "not built (configure with nvcc and -DSPARQ_CUDA=ON)");
 	return -ENODEV;
 }
+
+int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out)
+{
+	(void)cfg;
+	(void)out;
+	return -ENODEV;
+}

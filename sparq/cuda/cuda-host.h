@@ -1,0 +1,98 @@
+/*
+ * cuda-host.h — the CUDA backend's host-side state (C11), shared by its three host
+ * files: pool.c (GPU pages under a budget), slice.c (key slices in those pages, with
+ * the move to the CPU backend when they do not fit) and cuda_backend.c (the calls).
+ *
+ * Every CUDA runtime call is checked; a failure becomes -EIO (-ENOMEM for device
+ * allocation failures) and a reason kept in the context until the next call, which
+ * is what batch->why points at.
+ */
+#ifndef SPARQ_CUDA_HOST_H
+#define SPARQ_CUDA_HOST_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "../backend-impl.h"
+#include "cuda-impl.h"
+
+/* GPU pages for key slices: arenas cudaMalloc'd as needed, never past the budget. */
+struct cu_pool {
+	uint64_t budget;      /* bytes of arenas at most */
+	uint64_t reserved;    /* bytes of arenas allocated */
+	void **arenas;        /* [n_arenas] */
+	uint32_t n_arenas, cap_arenas;
+	void **free_pages;    /* [n_free] stack of unused pages */
+	uint32_t n_free, cap_free;
+	uint64_t pages_out;   /* pages held by slices */
+};
+
+/* Registered host regions of record stores (zero-copy gather). */
+#define CU_MAX_REGIONS 16
+
+struct cu_region {
+	const struct sparq_store *store;
+	uint8_t *base;        /* host */
+	size_t bytes;
+	uint8_t *dev;         /* the same bytes as the GPU addresses them */
+};
+
+struct cu_ctx {
+	struct sparq_backend pub;
+	struct sparq_backend *cpu;  /* serves the streams whose slices did not fit */
+	int dev;
+	char dev_desc[96];
+	cudaStream_t st;
+	cudaEvent_t ev[6];
+	pthread_mutex_t mu;         /* one call at a time: pool, staging, call buffers */
+	struct cu_pool pool;
+	/* key-append staging: pinned host → device, then a scatter kernel */
+	uint16_t *h_stage, *d_stage;
+	size_t stage_bytes;
+	/* per-call buffers, grown on demand and reused */
+	uint8_t *h_buf;             /* pinned mirror of d_buf's leading sections */
+	size_t h_cap;
+	uint8_t *d_buf;
+	size_t d_cap;
+	struct cu_region regions[CU_MAX_REGIONS];
+	uint32_t n_regions;
+	uint32_t n_slices;          /* slices alive */
+	uint32_t n_fallback;        /* of those, served by the CPU backend */
+	char err[192];
+};
+
+/* The GPU state of one stream's slice (sparq_slice.ext of the CPU slice it wraps). */
+struct cu_slice {
+	bool on_gpu;          /* false: the CPU slice it wraps holds the keys */
+	uint32_t d;
+	uint32_t per_page;    /* positions per page */
+	uint32_t len;         /* positions written */
+	uint32_t n_pages, cap_pages;
+	uint16_t **pages;     /* [n_pages] device pages, each [d][per_page] */
+};
+
+/* Records a failed CUDA call's reason in cx->err; returns -ENOMEM or -EIO. */
+int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what);
+/* Rewrites cx->pub.detail: device, pool, streams that fell back. */
+void cu_update_detail(struct cu_ctx *cx);
+
+int cu_pool_init(struct cu_pool *p, uint64_t budget);
+/* A free page; -ENOSPC past the budget, -ENOMEM when the device refuses. */
+int cu_pool_get(struct cu_ctx *cx, void **page);
+void cu_pool_put(struct cu_pool *p, void *page);
+void cu_pool_fini(struct cu_pool *p);
+
+int cu_slice_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct sparq_slice **out);
+int cu_slice_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
+		   const uint16_t *k_rows);
+void cu_slice_destroy(void *ctx, struct sparq_slice *sl);
+
+static inline struct cu_slice *cu_slice_of(const struct sparq_slice *sl)
+{
+	return sl->ext;
+}
+
+#endif

@@ -1,0 +1,114 @@
+/*
+ * cuda-impl.h — what the CUDA backend's host code (C11: cuda_backend.c, slice.c,
+ * pool.c) and its kernels (.cu) share: the per-call tables the kernels read, and one
+ * launcher per kernel (STYLE.md §3, llm.c): each takes an explicit stream, checks its
+ * shapes, computes the grid, launches and returns cudaGetLastError().
+ *
+ * A call runs phase by phase over all its items, one launch per phase:
+ *   comp (i1, τ_h) → score (logits, per-tile softmax partials) → softmax (max, sum)
+ *   → select (radix select + window, ascending) → alpha
+ *   → [host: fetch records] → gather (zero-copy rows) → exact (+ blend).
+ *
+ * Key slices live in pages of SPARQ_CU_PAGE_BYTES, each channel-major [d][P] with
+ * P = sparq_cu_page_positions(d) positions, a multiple of SPARQ_CU_TILE, so that a
+ * scoring tile never straddles two pages.
+ */
+#ifndef SPARQ_CUDA_IMPL_H
+#define SPARQ_CUDA_IMPL_H
+
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SPARQ_CU_PAGE_BYTES (1u << 20)
+/* Positions per scoring thread block: one thread each. */
+#define SPARQ_CU_TILE 256u
+
+/* Positions per page for head dimension d (fp16/bf16 elements). */
+static inline uint32_t sparq_cu_page_positions(uint32_t d)
+{
+	return SPARQ_CU_PAGE_BYTES / (2u * d) / SPARQ_CU_TILE * SPARQ_CU_TILE;
+}
+
+/* One item of a call as the kernels see it; every pointer is a device address. */
+struct sparq_cu_item {
+	const float *q;          /* [g][d] queries */
+	const uint64_t *mask;    /* [ceil(S/64)] bit j: position j masked; NULL = none */
+	const float *vbar;       /* [d] mean of V over visible positions (read if α_h < 1) */
+	const uint8_t *rows;     /* [sel_cap][rec_bytes] fetched records, in sel order */
+	float *qc;               /* [g][r] q_h[i1] / τ_h */
+	float *z;                /* [g][S] per-head logits, -inf where masked (per_head) */
+	float *zsum;             /* [S] group-summed logits, -inf where masked */
+	float *part;             /* [n_tiles][g][2] per-tile softmax (max, Σ exp) (per_head) */
+	float *zmax;             /* [g] max of z_h over visible positions (per_head) */
+	double *zden;            /* [g] Σ exp(z_h - zmax) over visible positions (per_head) */
+	uint32_t *comp;          /* [r] out: chosen channels, ascending (not dense) */
+	uint32_t *sel;           /* [sel_cap] out: selected positions, ascending */
+	float *alpha;            /* [g] out */
+	uint32_t *info;          /* [2] out: n_sel, flags (SPARQ_CU_OVERFLOW) */
+	float *y;                /* [g][d] out */
+	uint32_t S, d, g, r;
+	uint32_t m;              /* rows chosen by score, among visible j < w_start */
+	uint32_t w_start;        /* first position of the local window */
+	uint32_t sel_cap;        /* dense ? visible count : k */
+	uint32_t dtype;          /* enum sparq_dtype */
+	uint32_t rec_bytes;
+	uint32_t n_tiles;
+	uint8_t dense;           /* every visible position is selected: no scoring */
+	uint8_t per_head;        /* α needs per-head logits (blend on, not dense) */
+	uint8_t pad[2];
+};
+
+#define SPARQ_CU_OVERFLOW 1u
+
+/* One scoring tile: SPARQ_CU_TILE positions of one item, inside one page. */
+struct sparq_cu_tile {
+	const uint16_t *kt;      /* page base: channel c of column t at kt[c * pitch + t] */
+	uint32_t pitch;          /* positions per page */
+	uint32_t col;            /* first column of the tile in the page */
+	uint32_t pos;            /* stream position of that column */
+	uint32_t item;
+	uint32_t t;              /* tile index within the item */
+	uint32_t pad;
+};
+
+/* One record to copy from mapped host memory into the device rows buffer. */
+struct sparq_cu_copy {
+	const uint8_t *src;      /* device address of mapped host memory */
+	uint8_t *dst;
+	uint32_t bytes;
+	uint32_t pad;
+};
+
+/* Launchers: 0 on success, else the CUDA error of the launch. */
+cudaError_t sparq_cu_launch_comp(cudaStream_t st, const struct sparq_cu_item *items,
+				 uint32_t n_items);
+cudaError_t sparq_cu_launch_score(cudaStream_t st, const struct sparq_cu_item *items,
+				  const struct sparq_cu_tile *tiles, uint32_t n_tiles,
+				  uint32_t g_max);
+cudaError_t sparq_cu_launch_softmax(cudaStream_t st, const struct sparq_cu_item *items,
+				    uint32_t n_items);
+cudaError_t sparq_cu_launch_select(cudaStream_t st, const struct sparq_cu_item *items,
+				   uint32_t n_items);
+cudaError_t sparq_cu_launch_alpha(cudaStream_t st, const struct sparq_cu_item *items,
+				  uint32_t n_items);
+cudaError_t sparq_cu_launch_gather(cudaStream_t st, const struct sparq_cu_copy *copies,
+				   uint32_t n);
+cudaError_t sparq_cu_launch_exact(cudaStream_t st, const struct sparq_cu_item *items,
+				  uint32_t n_items, uint32_t g_max, uint32_t d_max);
+/*
+ * Writes n rows [n][d] (src, device) into a page as columns col..col+n-1 of [d][pitch]
+ * (the decode append: one column per stream, nothing else rewritten).
+ */
+cudaError_t sparq_cu_launch_scatter(cudaStream_t st, const uint16_t *src, uint32_t n,
+				    uint32_t d, uint16_t *page, uint32_t pitch, uint32_t col);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

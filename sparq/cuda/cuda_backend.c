@@ -1,0 +1,796 @@
+/*
+ * cuda_backend.c — the CUDA backend (issue 5): SparQ's scoring and top-k run on the
+ * GPU against key slices resident in GPU memory, and only the selected records
+ * cross PCIe. A call runs every item through each phase in one launch (see
+ * cuda-impl.h), with two host round trips: after selection (the caller's sel/alpha,
+ * and the positions to fetch) and at the end (y).
+ *
+ * Fetch, per record store:
+ *  A. stores with a fixed host region (store.h region op): the region is registered
+ *     with CUDA once, at first use, and a gather kernel reads the rows in place;
+ *  B. every other store: one batched store gather for the whole call into a pinned
+ *     staging buffer, then one copy of that buffer to the GPU.
+ * Both end in the same device rows buffer and the same exact-attention kernel.
+ *
+ * Streams whose slices did not fit in the GPU budget are served by an internal CPU
+ * backend (slice.c); a batch is split, the CPU items run after the GPU items.
+ *
+ * Per-call buffers (one pinned host buffer, one device buffer) grow on demand and
+ * are reused; calls on one backend are serialized.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../half.h"
+#include "../stream.h"
+#include "cuda-host.h"
+
+#define STAGE_BYTES (4u << 20)
+#define MASK_BATCH 256u
+
+/* Host-side plan of one GPU item: its shape and where its buffers sit. */
+struct plan {
+	struct sparq_attend_item *it;
+	uint32_t index;             /* in the caller's batch */
+	struct sparq_store *store;
+	struct cu_region *region;   /* zero-copy source, NULL: staging */
+	uint32_t S, d, g, r, n_vis, sel_cap, rec_bytes, n_tiles, w_start, m;
+	bool dense, per_head;
+	size_t o_q, o_mask, o_comp, o_sel, o_alpha, o_info, o_vbar, o_y, o_rows;
+	size_t o_qc, o_z, o_zsum, o_part, o_zmax, o_zden;
+};
+
+/* Byte offsets of a call's sections; host mirrors [0, host_bytes) of the device's. */
+struct layout {
+	size_t items, tiles, out1, out1_end, in2, copies, in2_end, out2, out2_end;
+	size_t rows_b, host_bytes, dev_bytes;
+	uint32_t n_tiles, n_copies_max, g_max, d_max;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what)
+{
+	snprintf(cx->err, sizeof(cx->err), "CUDA: %s: %s (%s)", what, cudaGetErrorName(e),
+		 cudaGetErrorString(e));
+	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+}
+
+void cu_update_detail(struct cu_ctx *cx)
+{
+	snprintf(cx->pub.detail, sizeof(cx->pub.detail),
+		 "%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (no room)",
+		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
+		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices);
+}
+
+static bool masked(const uint64_t *ex, uint32_t j)
+{
+	return ex && ((ex[j >> 6] >> (j & 63)) & 1u);
+}
+
+static size_t al(size_t x)
+{
+	return (x + 255) & ~(size_t)255;
+}
+
+/* ---- planning ---- */
+
+static void plan_item(struct plan *p, struct sparq_attend_item *it, uint32_t index)
+{
+	const uint64_t *ex = it->exclude;
+
+	*p = (struct plan){ .it = it, .index = index };
+	p->store = sparq_stream_store(it->stream);
+	p->S = sparq_stream_len(it->stream);
+	p->d = sparq_stream_head_dim(it->stream);
+	p->g = it->g;
+	p->r = it->used.r;
+	p->rec_bytes = sparq_stream_record_bytes(it->stream);
+	p->n_vis = p->S;
+	if (ex) {
+		for (uint32_t j = 0; j < p->S; j++)
+			p->n_vis -= masked(ex, j);
+	}
+	p->dense = p->n_vis <= it->used.k;
+	p->per_head = !p->dense && it->used.blend;
+	p->sel_cap = p->dense ? p->n_vis : it->used.k;
+	p->n_tiles = p->dense ? 0 : (p->S + SPARQ_CU_TILE - 1) / SPARQ_CU_TILE;
+	p->w_start = p->S;
+	if (!p->dense) {
+		/* the local window: the current token (if visible) and the l most recent
+		 * visible positions before it — an explicit set, never a logit bonus */
+		uint32_t want = it->used.l + !masked(ex, p->S - 1), wn = 0;
+		for (uint32_t j = p->S; j-- > 0 && wn < want;) {
+			if (!masked(ex, j)) {
+				p->w_start = j;
+				wn++;
+			}
+		}
+		p->m = it->used.k - wn;
+	}
+}
+
+/* Registers st's region with the GPU once; NULL when it has none or it cannot be. */
+static struct cu_region *region_for(struct cu_ctx *cx, struct sparq_store *st)
+{
+	struct cu_region *r = NULL;
+	void *base;
+	size_t bytes;
+	cudaError_t e;
+
+	if (!st->ops->addr || !st->ops->region || st->ops->region(st->ctx, &base, &bytes))
+		return NULL;
+	for (uint32_t i = 0; i < cx->n_regions; i++) {
+		if (cx->regions[i].store != st)
+			continue;
+		if (cx->regions[i].base == base && cx->regions[i].bytes == bytes)
+			return cx->regions[i].dev ? &cx->regions[i] : NULL;
+		/* the same address now names another store: forget the old mapping */
+		r = &cx->regions[i];
+		if (r->dev)
+			cudaHostUnregister(r->base);
+		cudaGetLastError();
+		break;
+	}
+	if (!r) {
+		if (cx->n_regions == CU_MAX_REGIONS)
+			return NULL;
+		r = &cx->regions[cx->n_regions++];
+	}
+	*r = (struct cu_region){ .store = st, .base = base, .bytes = bytes };
+	e = cudaHostRegister(base, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable);
+	if (e == cudaSuccess) {
+		void *dev = NULL;
+		e = cudaHostGetDevicePointer(&dev, base, 0);
+		if (e == cudaSuccess)
+			r->dev = dev;
+		else
+			cudaHostUnregister(base);
+	}
+	/* remembered either way: a region that cannot be mapped is staged, not retried */
+	cudaGetLastError();
+	return r->dev ? r : NULL;
+}
+
+static void layout_call(struct plan *pl, uint32_t n, struct layout *L)
+{
+	size_t off = 0;
+
+	memset(L, 0, sizeof(*L));
+	for (uint32_t i = 0; i < n; i++) {
+		L->n_tiles += pl[i].n_tiles;
+		if (pl[i].region)
+			L->n_copies_max += pl[i].sel_cap;
+		L->g_max = pl[i].g > L->g_max ? pl[i].g : L->g_max;
+		L->d_max = pl[i].d > L->d_max ? pl[i].d : L->d_max;
+	}
+	L->items = off;
+	off = al(off + n * sizeof(struct sparq_cu_item));
+	L->tiles = off;
+	off = al(off + L->n_tiles * sizeof(struct sparq_cu_tile));
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->o_q = off;
+		off = al(off + (size_t)p->g * p->d * sizeof(float));
+		p->o_mask = off;
+		if (p->it->exclude)
+			off = al(off + (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
+	}
+	L->out1 = off;
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->o_comp = off;
+		off = al(off + (size_t)p->r * sizeof(uint32_t));
+		p->o_sel = off;
+		off = al(off + (size_t)p->sel_cap * sizeof(uint32_t));
+		p->o_alpha = off;
+		off = al(off + (size_t)p->g * sizeof(float));
+		p->o_info = off;
+		off = al(off + 2 * sizeof(uint32_t));
+	}
+	L->out1_end = off;
+	L->in2 = off;
+	L->copies = off;
+	off = al(off + (size_t)L->n_copies_max * sizeof(struct sparq_cu_copy));
+	for (uint32_t i = 0; i < n; i++) {
+		pl[i].o_vbar = off;
+		off = al(off + (size_t)pl[i].d * sizeof(float));
+	}
+	L->in2_end = off;
+	L->out2 = off;
+	for (uint32_t i = 0; i < n; i++) {
+		pl[i].o_y = off;
+		off = al(off + (size_t)pl[i].g * pl[i].d * sizeof(float));
+	}
+	L->out2_end = off;
+	/* staged rows first: the host mirror ends with them */
+	L->rows_b = off;
+	for (uint32_t i = 0; i < n; i++) {
+		if (pl[i].region)
+			continue;
+		pl[i].o_rows = off;
+		off = al(off + (size_t)pl[i].sel_cap * pl[i].rec_bytes);
+	}
+	L->host_bytes = off;
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		if (p->region) {
+			p->o_rows = off;
+			off = al(off + (size_t)p->sel_cap * p->rec_bytes);
+		}
+		if (p->dense)
+			continue;
+		p->o_qc = off;
+		off = al(off + (size_t)p->g * p->r * sizeof(float));
+		p->o_zsum = off;
+		off = al(off + (size_t)p->S * sizeof(float));
+		if (p->per_head) {
+			p->o_z = off;
+			off = al(off + (size_t)p->g * p->S * sizeof(float));
+			p->o_part = off;
+			off = al(off + (size_t)p->n_tiles * p->g * 2 * sizeof(float));
+			p->o_zmax = off;
+			off = al(off + (size_t)p->g * sizeof(float));
+			p->o_zden = off;
+			off = al(off + (size_t)p->g * sizeof(double));
+		}
+	}
+	L->dev_bytes = off;
+}
+
+static int ensure_buffers(struct cu_ctx *cx, const struct layout *L)
+{
+	cudaError_t e;
+
+	if (L->host_bytes > cx->h_cap) {
+		cudaFreeHost(cx->h_buf);
+		cx->h_buf = NULL;
+		cx->h_cap = 0;
+		e = cudaMallocHost((void **)&cx->h_buf, L->host_bytes);
+		if (e != cudaSuccess) {
+			cx->h_buf = NULL;
+			cudaGetLastError();
+			return cu_fail(cx, e, "cudaMallocHost of the call buffer");
+		}
+		cx->h_cap = L->host_bytes;
+	}
+	if (L->dev_bytes > cx->d_cap) {
+		cudaFree(cx->d_buf);
+		cx->d_buf = NULL;
+		cx->d_cap = 0;
+		e = cudaMalloc((void **)&cx->d_buf, L->dev_bytes);
+		if (e != cudaSuccess) {
+			cx->d_buf = NULL;
+			cudaGetLastError();
+			return cu_fail(cx, e, "cudaMalloc of the call buffer");
+		}
+		cx->d_cap = L->dev_bytes;
+	}
+	return 0;
+}
+
+/* The item and tile tables, queries and masks, in the host mirror. */
+static void fill_inputs(struct cu_ctx *cx, struct plan *pl, uint32_t n, const struct layout *L)
+{
+	struct sparq_cu_item *items = (struct sparq_cu_item *)(cx->h_buf + L->items);
+	struct sparq_cu_tile *tiles = (struct sparq_cu_tile *)(cx->h_buf + L->tiles);
+	uint8_t *D = cx->d_buf;
+	uint32_t t = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		struct sparq_attend_item *it = p->it;
+		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(it->stream));
+
+		items[i] = (struct sparq_cu_item){
+			.q = (const float *)(D + p->o_q),
+			.mask = it->exclude ? (const uint64_t *)(D + p->o_mask) : NULL,
+			.vbar = (const float *)(D + p->o_vbar),
+			.rows = D + p->o_rows,
+			.qc = p->dense ? NULL : (float *)(D + p->o_qc),
+			.z = p->per_head ? (float *)(D + p->o_z) : NULL,
+			.zsum = p->dense ? NULL : (float *)(D + p->o_zsum),
+			.part = p->per_head ? (float *)(D + p->o_part) : NULL,
+			.zmax = p->per_head ? (float *)(D + p->o_zmax) : NULL,
+			.zden = p->per_head ? (double *)(D + p->o_zden) : NULL,
+			.comp = (uint32_t *)(D + p->o_comp),
+			.sel = (uint32_t *)(D + p->o_sel),
+			.alpha = (float *)(D + p->o_alpha),
+			.info = (uint32_t *)(D + p->o_info),
+			.y = (float *)(D + p->o_y),
+			.S = p->S, .d = p->d, .g = p->g, .r = p->r, .m = p->m,
+			.w_start = p->w_start, .sel_cap = p->sel_cap,
+			.dtype = (uint32_t)sparq_stream_dtype(it->stream),
+			.rec_bytes = p->rec_bytes, .n_tiles = p->n_tiles,
+			.dense = p->dense, .per_head = p->per_head,
+		};
+		memcpy(cx->h_buf + p->o_q, it->q, (size_t)p->g * p->d * sizeof(float));
+		if (it->exclude)
+			memcpy(cx->h_buf + p->o_mask, it->exclude,
+			       (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
+		for (uint32_t k = 0; k < p->n_tiles; k++) {
+			uint32_t pos = k * SPARQ_CU_TILE;
+			tiles[t++] = (struct sparq_cu_tile){
+				.kt = cs->pages[pos / cs->per_page], .pitch = cs->per_page,
+				.col = pos % cs->per_page, .pos = pos, .item = i, .t = k,
+			};
+		}
+	}
+}
+
+/* ---- fetch (host side) ---- */
+
+/* Records of staged items: one gather per store for the whole call. */
+static int fetch_staged(struct cu_ctx *cx, struct plan *pl, uint32_t n, struct sparq_attend_batch *b)
+{
+	struct sparq_gather *g = calloc(n, sizeof(*g));
+	bool *done = calloc(n, sizeof(*done));
+	int ret = 0;
+
+	if (!g || !done) {
+		ret = -ENOMEM;
+		b->why = "out of memory for the gather list";
+		goto out;
+	}
+	for (uint32_t i = 0; i < n && !ret; i++) {
+		struct sparq_store *st = pl[i].store;
+		uint32_t ng = 0;
+
+		if (pl[i].region || done[i])
+			continue;
+		for (uint32_t j = i; j < n; j++) {
+			if (pl[j].region || pl[j].store != st)
+				continue;
+			g[ng++] = (struct sparq_gather){
+				.stream = sparq_stream_records(pl[j].it->stream),
+				.pos = (const uint32_t *)(cx->h_buf + pl[j].o_sel),
+				.n = pl[j].it->n_sel, .out = cx->h_buf + pl[j].o_rows,
+			};
+			done[j] = true;
+		}
+		ret = st->ops->gather(st->ctx, g, ng);
+		if (ret) {
+			b->bad_item = (int32_t)pl[i].index;
+			b->why = "record store gather failed";
+		}
+	}
+out:
+	free(g);
+	free(done);
+	return ret;
+}
+
+/* Copy descriptors for the zero-copy items: each selected record, in sel order. */
+static int fetch_mapped(struct cu_ctx *cx, struct plan *pl, uint32_t n, const struct layout *L,
+			uint32_t *n_copies, struct sparq_attend_batch *b)
+{
+	struct sparq_cu_copy *cp = (struct sparq_cu_copy *)(cx->h_buf + L->copies);
+	uint32_t c = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		struct sparq_store *st = p->store;
+		struct sparq_store_stream *rs = sparq_stream_records(p->it->stream);
+		const uint32_t *sel = (const uint32_t *)(cx->h_buf + p->o_sel);
+		uint8_t *dst = cx->d_buf + p->o_rows;
+
+		if (!p->region)
+			continue;
+		for (uint32_t k = 0; k < p->it->n_sel;) {
+			uint32_t run = 0;
+			const uint8_t *a = st->ops->addr(st->ctx, rs, sel[k], &run);
+			if (!a || a < p->region->base ||
+			    a + (size_t)run * p->rec_bytes > p->region->base + p->region->bytes) {
+				b->bad_item = (int32_t)p->index;
+				b->why = a ? "record outside the store's registered region"
+					   : "record store has no such position";
+				return a ? -EFAULT : -ERANGE;
+			}
+			/* consecutive positions in one run need no further lookups */
+			uint32_t t = 0;
+			do {
+				const uint8_t *h = a + (size_t)(sel[k + t] - sel[k]) * p->rec_bytes;
+				cp[c++] = (struct sparq_cu_copy){
+					.src = p->region->dev + (h - p->region->base),
+					.dst = dst + (size_t)(k + t) * p->rec_bytes,
+					.bytes = p->rec_bytes,
+				};
+				t++;
+			} while (k + t < p->it->n_sel && sel[k + t] - sel[k] < run);
+			k += t;
+		}
+	}
+	*n_copies = c;
+	return 0;
+}
+
+/* v̄ over the visible positions: the running sum less the masked rows (in double). */
+static int visible_mean(struct plan *p, float *vbar)
+{
+	struct sparq_attend_item *it = p->it;
+	struct sparq_store *st = p->store;
+	struct sparq_store_stream *rs = sparq_stream_records(it->stream);
+	enum sparq_dtype dt = sparq_stream_dtype(it->stream);
+	uint32_t d = p->d, nm = 0, *pos = NULL;
+	double *acc = calloc(d, sizeof(double));
+	uint8_t *buf = NULL;
+	int ret = 0;
+
+	if (!acc)
+		return -ENOMEM;
+	sparq_stream_vsum(it->stream, vbar);
+	for (uint32_t i = 0; i < d; i++)
+		acc[i] = vbar[i];
+	if (it->exclude) {
+		pos = malloc(MASK_BATCH * sizeof(*pos));
+		buf = malloc((size_t)MASK_BATCH * p->rec_bytes);
+		if (!pos || !buf) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	for (uint32_t j = 0; it->exclude && j <= p->S; j++) {
+		if (j < p->S && masked(it->exclude, j))
+			pos[nm++] = j;
+		if (nm == MASK_BATCH || (j == p->S && nm)) {
+			struct sparq_gather g = { .stream = rs, .pos = pos, .n = nm, .out = buf };
+			ret = st->ops->gather(st->ctx, &g, 1);
+			if (ret)
+				goto out;
+			for (uint32_t t = 0; t < nm; t++) {
+				const uint16_t *v = (const uint16_t *)(buf + (size_t)t * p->rec_bytes) + d;
+				for (uint32_t i = 0; i < d; i++)
+					acc[i] -= dt == SPARQ_DTYPE_F16 ? sparq_f16_to_f32(v[i])
+									: sparq_bf16_to_f32(v[i]);
+			}
+			nm = 0;
+		}
+	}
+	for (uint32_t i = 0; i < d; i++)
+		vbar[i] = (float)(acc[i] / p->n_vis);
+out:
+	free(acc);
+	free(pos);
+	free(buf);
+	return ret;
+}
+
+/* ---- the call ---- */
+
+#define CK(call, what)                                  \
+	do {                                            \
+		cudaError_t e_ = (call);                \
+		if (e_ != cudaSuccess) {                \
+			ret = cu_fail(cx, e_, what);    \
+			b->why = cx->err;               \
+			goto out;                       \
+		}                                       \
+	} while (0)
+
+static uint64_t elapsed_ns(cudaEvent_t a, cudaEvent_t z)
+{
+	float ms = 0.0f;
+
+	if (cudaEventElapsedTime(&ms, a, z) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return (uint64_t)((double)ms * 1e6);
+}
+
+static int attend_gpu(struct cu_ctx *cx, struct sparq_attend_batch *b, struct plan *pl, uint32_t n)
+{
+	struct layout L;
+	uint32_t n_copies = 0;
+	uint64_t t0, host_fetch_ns = 0;
+	int ret = 0;
+
+	for (uint32_t i = 0; i < n; i++)
+		pl[i].region = region_for(cx, pl[i].store);
+	layout_call(pl, n, &L);
+	ret = ensure_buffers(cx, &L);
+	if (ret) {
+		b->why = cx->err;
+		return ret;
+	}
+	fill_inputs(cx, pl, n, &L);
+
+	const struct sparq_cu_item *items = (const struct sparq_cu_item *)(cx->d_buf + L.items);
+	const struct sparq_cu_tile *tiles = (const struct sparq_cu_tile *)(cx->d_buf + L.tiles);
+	cudaStream_t st = cx->st;
+
+	CK(cudaEventRecord(cx->ev[0], st), "event");
+	CK(cudaMemcpyAsync(cx->d_buf, cx->h_buf, L.out1, cudaMemcpyHostToDevice, st),
+	   "upload of queries and tables");
+	CK(cudaMemsetAsync(cx->d_buf + L.out1, 0, L.out1_end - L.out1, st), "clear outputs");
+	CK(sparq_cu_launch_comp(st, items, n), "components kernel launch");
+	CK(sparq_cu_launch_score(st, items, tiles, L.n_tiles, L.g_max), "score kernel launch");
+	CK(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
+	CK(cudaEventRecord(cx->ev[1], st), "event");
+	CK(sparq_cu_launch_select(st, items, n), "select kernel launch");
+	CK(sparq_cu_launch_alpha(st, items, n), "alpha kernel launch");
+	CK(cudaMemcpyAsync(cx->h_buf + L.out1, cx->d_buf + L.out1, L.out1_end - L.out1,
+			   cudaMemcpyDeviceToHost, st), "download of the selection");
+	CK(cudaEventRecord(cx->ev[2], st), "event");
+	CK(cudaStreamSynchronize(st), "scoring and selection kernels");
+	b->stats.score_ns += elapsed_ns(cx->ev[0], cx->ev[1]);
+	b->stats.select_ns += elapsed_ns(cx->ev[1], cx->ev[2]);
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		const uint32_t *info = (const uint32_t *)(cx->h_buf + p->o_info);
+		if (info[1] & SPARQ_CU_OVERFLOW) {
+			b->bad_item = (int32_t)p->index;
+			b->why = "approximate logits overflow fp32 (keys or queries too large)";
+			ret = -ERANGE;
+			goto out;
+		}
+		if (info[0] != (p->dense ? p->n_vis : p->it->used.k)) {
+			/* the kernels select min(k, visible) rows by construction */
+			b->bad_item = (int32_t)p->index;
+			b->why = "CUDA: selection kernel returned a wrong row count";
+			ret = -EIO;
+			goto out;
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		struct sparq_attend_item *it = p->it;
+		const float *alpha = (const float *)(cx->h_buf + p->o_alpha);
+
+		it->n_sel = ((const uint32_t *)(cx->h_buf + p->o_info))[0];
+		if (it->sel)
+			memcpy(it->sel, cx->h_buf + p->o_sel, it->n_sel * sizeof(uint32_t));
+		if (it->alpha)
+			memcpy(it->alpha, alpha, p->g * sizeof(float));
+		if (it->comp && !p->dense)
+			memcpy(it->comp, cx->h_buf + p->o_comp, p->r * sizeof(uint32_t));
+		if (!p->dense)
+			b->stats.slice_bytes += (uint64_t)p->r * p->S * 2;
+	}
+	if (b->mode == SPARQ_ATTEND_SELECT)
+		goto out;
+
+	t0 = now_ns();
+	ret = fetch_staged(cx, pl, n, b);
+	if (ret)
+		goto out;
+	ret = fetch_mapped(cx, pl, n, &L, &n_copies, b);
+	if (ret)
+		goto out;
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		const float *alpha = (const float *)(cx->h_buf + p->o_alpha);
+		bool blended = false;
+
+		for (uint32_t h = 0; h < p->g; h++)
+			blended |= alpha[h] < 1.0f;
+		if (!blended)
+			continue;
+		ret = visible_mean(p, (float *)(cx->h_buf + p->o_vbar));
+		if (ret) {
+			b->bad_item = (int32_t)p->index;
+			b->why = "record store read failed (masked rows for the mean)";
+			goto out;
+		}
+		if (p->it->exclude)
+			b->stats.record_bytes += (uint64_t)(p->S - p->n_vis) * p->rec_bytes;
+	}
+	host_fetch_ns = now_ns() - t0;
+
+	CK(cudaEventRecord(cx->ev[3], st), "event");
+	CK(cudaMemcpyAsync(cx->d_buf + L.in2, cx->h_buf + L.in2, L.in2_end - L.in2,
+			   cudaMemcpyHostToDevice, st), "upload of row addresses and means");
+	if (L.host_bytes > L.rows_b)
+		CK(cudaMemcpyAsync(cx->d_buf + L.rows_b, cx->h_buf + L.rows_b,
+				   L.host_bytes - L.rows_b, cudaMemcpyHostToDevice, st),
+		   "upload of staged records");
+	CK(sparq_cu_launch_gather(st, (const struct sparq_cu_copy *)(cx->d_buf + L.copies),
+				  n_copies), "gather kernel launch");
+	CK(cudaEventRecord(cx->ev[4], st), "event");
+	CK(sparq_cu_launch_exact(st, items, n, L.g_max, L.d_max), "exact kernel launch");
+	CK(cudaMemcpyAsync(cx->h_buf + L.out2, cx->d_buf + L.out2, L.out2_end - L.out2,
+			   cudaMemcpyDeviceToHost, st), "download of the outputs");
+	CK(cudaEventRecord(cx->ev[5], st), "event");
+	CK(cudaStreamSynchronize(st), "gather and exact-attention kernels");
+	b->stats.gather_ns += host_fetch_ns + elapsed_ns(cx->ev[3], cx->ev[4]);
+	b->stats.exact_ns += elapsed_ns(cx->ev[4], cx->ev[5]);
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		memcpy(p->it->y, cx->h_buf + p->o_y, (size_t)p->g * p->d * sizeof(float));
+		b->stats.record_bytes += (uint64_t)p->it->n_sel * p->rec_bytes;
+	}
+out:
+	if (ret && b->bad_item < 0 && n)
+		b->bad_item = (int32_t)pl[0].index;
+	return ret;
+}
+
+/* The items whose slices moved to the CPU, as one batch of the internal CPU backend. */
+static int attend_cpu(struct cu_ctx *cx, struct sparq_attend_batch *b, const uint32_t *idx,
+		      uint32_t n)
+{
+	struct sparq_attend_item *items = malloc(n * sizeof(*items));
+	struct sparq_attend_batch sub = { .items = items, .n = n, .mode = b->mode };
+	int ret;
+
+	if (!items) {
+		b->why = "out of memory";
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		items[i] = b->items[idx[i]];
+	sub.bad_item = -1;
+	ret = cx->cpu->ops->attend(cx->cpu->ctx, &sub);
+	for (uint32_t i = 0; i < n; i++)
+		b->items[idx[i]].n_sel = items[i].n_sel;
+	if (ret) {
+		b->bad_item = sub.bad_item >= 0 ? (int32_t)idx[sub.bad_item] : (int32_t)idx[0];
+		b->why = sub.why;
+	}
+	b->stats.score_ns += sub.stats.score_ns;
+	b->stats.select_ns += sub.stats.select_ns;
+	b->stats.gather_ns += sub.stats.gather_ns;
+	b->stats.exact_ns += sub.stats.exact_ns;
+	b->stats.slice_bytes += sub.stats.slice_bytes;
+	b->stats.record_bytes += sub.stats.record_bytes;
+	b->stats.cpu_items += n;
+	free(items);
+	return ret;
+}
+
+static int cu_attend(void *ctx, struct sparq_attend_batch *b)
+{
+	struct cu_ctx *cx = ctx;
+	struct plan *pl = calloc(b->n, sizeof(*pl));
+	uint32_t *cpu_idx = calloc(b->n, sizeof(*cpu_idx));
+	uint32_t n_gpu = 0, n_cpu = 0;
+	int ret = 0;
+
+	if (!pl || !cpu_idx) {
+		free(pl);
+		free(cpu_idx);
+		b->why = "out of memory";
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&cx->mu);
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(b->items[i].stream));
+		if (cs->on_gpu)
+			plan_item(&pl[n_gpu++], &b->items[i], i);
+		else
+			cpu_idx[n_cpu++] = i;
+	}
+	if (n_gpu) {
+		cudaError_t e = cudaSetDevice(cx->dev);
+		if (e != cudaSuccess) {
+			ret = cu_fail(cx, e, "cudaSetDevice");
+			b->why = cx->err;
+			b->bad_item = (int32_t)pl[0].index;
+			goto out;
+		}
+		ret = attend_gpu(cx, b, pl, n_gpu);
+		if (ret)
+			goto out;
+	}
+	if (n_cpu)
+		ret = attend_cpu(cx, b, cpu_idx, n_cpu);
+out:
+	pthread_mutex_unlock(&cx->mu);
+	free(pl);
+	free(cpu_idx);
+	return ret;
+}
+
+/* ---- open / close ---- */
+
+static void cu_destroy(void *ctx)
+{
+	struct cu_ctx *cx = ctx;
+
+	if (!cx)
+		return;
+	cudaSetDevice(cx->dev);
+	if (cx->st)
+		cudaStreamSynchronize(cx->st);
+	for (uint32_t i = 0; i < cx->n_regions; i++)
+		if (cx->regions[i].dev)
+			cudaHostUnregister(cx->regions[i].base);
+	cu_pool_fini(&cx->pool);
+	cudaFree(cx->d_buf);
+	cudaFreeHost(cx->h_buf);
+	cudaFree(cx->d_stage);
+	cudaFreeHost(cx->h_stage);
+	for (int i = 0; i < 6; i++)
+		if (cx->ev[i])
+			cudaEventDestroy(cx->ev[i]);
+	if (cx->st)
+		cudaStreamDestroy(cx->st);
+	cudaGetLastError();
+	sparq_backend_close(cx->cpu);
+	pthread_mutex_destroy(&cx->mu);
+	free(cx);
+}
+
+static const struct sparq_backend_ops cuda_ops = {
+	.name = "cuda",
+	.slice_create = cu_slice_create,
+	.slice_write = cu_slice_write,
+	.slice_destroy = cu_slice_destroy,
+	.attend = cu_attend,
+	.destroy = cu_destroy,
+};
+
+int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out)
+{
+	struct cu_ctx *cx;
+	struct cudaDeviceProp prop;
+	size_t mem_free = 0, mem_total = 0;
+	char detail[160];
+	uint64_t budget;
+	int ret;
+
+	ret = sparq_cuda_probe(detail, sizeof(detail));
+	if (ret)
+		return ret;
+	cx = calloc(1, sizeof(*cx));
+	if (!cx)
+		return -ENOMEM;
+	pthread_mutex_init(&cx->mu, NULL);
+	ret = sparq_cpu_backend_create(cfg, &cx->cpu);
+	if (ret) {
+		cx->cpu = NULL;
+		goto err;
+	}
+	cx->dev = 0;
+	ret = -ENODEV;
+	if (cudaSetDevice(cx->dev) != cudaSuccess ||
+	    cudaGetDeviceProperties(&prop, cx->dev) != cudaSuccess ||
+	    cudaMemGetInfo(&mem_free, &mem_total) != cudaSuccess)
+		goto err;
+	budget = cfg && cfg->gpu_budget_bytes ? cfg->gpu_budget_bytes
+					      : (uint64_t)((double)mem_free * 0.9);
+	cu_pool_init(&cx->pool, budget);
+	snprintf(cx->dev_desc, sizeof(cx->dev_desc), "%.48s sm_%d%d %.0f GiB", prop.name,
+		 prop.major, prop.minor, (double)mem_total / (1u << 30));
+	ret = -EIO;
+	if (cudaStreamCreateWithFlags(&cx->st, cudaStreamNonBlocking) != cudaSuccess) {
+		cx->st = NULL;
+		goto err;
+	}
+	for (int i = 0; i < 6; i++) {
+		if (cudaEventCreate(&cx->ev[i]) != cudaSuccess) {
+			cx->ev[i] = NULL;
+			goto err;
+		}
+	}
+	ret = -ENOMEM;
+	cx->stage_bytes = STAGE_BYTES;
+	if (cudaMallocHost((void **)&cx->h_stage, cx->stage_bytes) != cudaSuccess) {
+		cx->h_stage = NULL;
+		goto err;
+	}
+	if (cudaMalloc((void **)&cx->d_stage, cx->stage_bytes) != cudaSuccess) {
+		cx->d_stage = NULL;
+		goto err;
+	}
+	cx->pub.ops = &cuda_ops;
+	cx->pub.ctx = cx;
+	cu_update_detail(cx);
+	*out = &cx->pub;
+	return 0;
+err:
+	cudaGetLastError();
+	cu_destroy(cx);
+	return ret;
+}
