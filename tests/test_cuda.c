@@ -1,0 +1,342 @@
+/*
+ * test_cuda.c — what only the CUDA backend has, checked on a device (exit 77 without
+ * one): streams that do not fit in the GPU budget are served by the CPU backend,
+ * including one moved there mid-stream, and say so in the detail and stats; the
+ * zero-copy gather (records in a registered region) and the staged one (plain heap)
+ * give bit-identical results; decode appends one position at a time across slice
+ * page boundaries; select mode matches full mode; fp32 logit overflow is -ERANGE
+ * naming the item. Results are checked against the double-precision reference.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "backend-impl.h"
+#include "helpers.h"
+#include "reference.h"
+
+struct data {
+	uint32_t S, d, g;
+	enum sparq_dtype dt;
+	uint16_t *k, *v;
+	double *kd, *vd, *qd, vmax;
+	float *q;
+};
+
+static void make_data(struct data *x, uint32_t S, uint32_t d, uint32_t g, enum sparq_dtype dt,
+		      uint64_t seed, float kscale)
+{
+	struct t_rng rng = { seed };
+
+	*x = (struct data){ .S = S, .d = d, .g = g, .dt = dt };
+	x->k = t_alloc((size_t)S * d * 2);
+	x->v = t_alloc((size_t)S * d * 2);
+	x->kd = t_alloc((size_t)S * d * sizeof(double));
+	x->vd = t_alloc((size_t)S * d * sizeof(double));
+	x->q = t_alloc((size_t)g * d * sizeof(float));
+	x->qd = t_alloc((size_t)g * d * sizeof(double));
+	for (size_t i = 0; i < (size_t)S * d; i++) {
+		x->k[i] = t_to_dtype((float)t_normal(&rng) * kscale, dt);
+		x->v[i] = t_to_dtype((float)t_normal(&rng), dt);
+		x->kd[i] = t_from_dtype(x->k[i], dt);
+		x->vd[i] = t_from_dtype(x->v[i], dt);
+		x->vmax = fmax(x->vmax, fabs(x->vd[i]));
+	}
+	for (size_t i = 0; i < (size_t)g * d; i++) {
+		x->q[i] = (float)(t_normal(&rng) * (1.0 + (i % 7)));
+		x->qd[i] = x->q[i];
+	}
+}
+
+static void free_data(struct data *x)
+{
+	free(x->k);
+	free(x->v);
+	free(x->kd);
+	free(x->vd);
+	free(x->q);
+	free(x->qd);
+}
+
+/* Appends positions [from, upto) of x in pieces of `step` (1 = decode appends). */
+static void append_range(struct sparq_stream *s, const struct data *x, uint32_t from,
+			 uint32_t upto, uint32_t step)
+{
+	const char *why = NULL;
+	int ret;
+
+	for (uint32_t pos = from; pos < upto;) {
+		uint32_t n = step < upto - pos ? step : upto - pos;
+		ret = sparq_stream_append(s, n, x->k + (size_t)pos * x->d, x->v + (size_t)pos * x->d,
+					  &why);
+		T_CHECK(ret == 0, "append at %u: %d %s", pos, ret, why);
+		pos += n;
+	}
+}
+
+/* Appends x in pieces of `step` positions (1 = decode appends) after a prefill. */
+static struct sparq_stream *stream_of(struct sparq_backend *be, struct sparq_store *st,
+				      const struct data *x, uint32_t prefill, uint32_t step)
+{
+	struct sparq_stream *s;
+	const char *why = NULL;
+	int ret = sparq_stream_create(be, st, x->d, x->dt, &s, &why);
+
+	T_CHECK(ret == 0, "stream create: %d %s", ret, why);
+	for (uint32_t pos = 0; pos < x->S;) {
+		uint32_t n = pos < prefill ? prefill - pos : step;
+		if (n > x->S - pos)
+			n = x->S - pos;
+		ret = sparq_stream_append(s, n, x->k + (size_t)pos * x->d, x->v + (size_t)pos * x->d,
+					  &why);
+		T_CHECK(ret == 0, "append at %u: %d %s", pos, ret, why);
+		pos += n;
+	}
+	return s;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* The item against the reference: selection equal up to counted near-ties, y and α close. */
+static void check_ref(const char *what, const struct data *x, const uint64_t *mask,
+		      const struct sparq_attend_item *it)
+{
+	uint32_t k = it->used.k;
+	uint32_t *rsel = t_alloc(k * sizeof(uint32_t));
+	double *y = t_alloc((size_t)x->g * x->d * sizeof(double)), *alpha = t_alloc(x->g * 8);
+	double *zsum = t_alloc(x->S * sizeof(double));
+	struct sparq_ref_input in = {
+		.d = x->d, .g = x->g, .S = x->S, .K = x->kd, .V = x->vd, .q = x->qd,
+		.exclude = mask, .r = it->used.r, .k = k, .l = it->used.l, .blend = it->used.blend,
+	};
+	struct sparq_ref_output out = { .y = y, .alpha = alpha, .sel = rsel, .zsum = zsum };
+	uint32_t diff = 0;
+
+	T_CHECK(sparq_ref_attend(&in, &out) == 0, "%s: reference", what);
+	T_CHECK(it->n_sel == out.n_sel, "%s: %u rows selected, reference %u", what, it->n_sel,
+		out.n_sel);
+	for (uint32_t i = 0; i < it->n_sel; i++) {
+		T_CHECK(i == 0 || it->sel[i] > it->sel[i - 1], "%s: selection not ascending", what);
+		if (!bsearch(&it->sel[i], rsel, out.n_sel, sizeof(uint32_t), cmp_u32)) {
+			diff++;
+			T_CHECK(it->sel[i] < x->S && isfinite(zsum[it->sel[i]]),
+				"%s: position %u selected but masked", what, it->sel[i]);
+		}
+	}
+	T_CHECK(diff <= 4, "%s: %u rows differ from the reference", what, diff);
+	if (diff) {
+		printf("%s: %u near-tie rows\n", what, diff);
+		in.force_sel = it->sel;
+		in.n_force_sel = it->n_sel;
+		T_CHECK(sparq_ref_attend(&in, &out) == 0, "%s: reference (forced)", what);
+	}
+	for (uint32_t h = 0; h < x->g; h++)
+		T_CHECK(fabs(it->alpha[h] - alpha[h]) <= 5e-5, "%s: alpha[%u] %.9g vs %.9g", what, h,
+			it->alpha[h], alpha[h]);
+	for (uint32_t i = 0; i < x->g * x->d; i++)
+		T_CHECK(fabs(it->y[i] - y[i]) <= 1e-4 * x->vmax, "%s: y[%u] %.9g vs %.9g", what, i,
+			it->y[i], y[i]);
+	free(rsel);
+	free(y);
+	free(alpha);
+	free(zsum);
+}
+
+static struct sparq_attend_item item_for(struct sparq_stream *s, const struct data *x,
+					 const uint64_t *mask, uint32_t r, uint32_t k,
+					 enum sparq_blend blend)
+{
+	return (struct sparq_attend_item){
+		.stream = s, .g = x->g, .q = x->q, .exclude = mask,
+		.params = { .r = r, .k = k, .l = -1, .blend = blend },
+		.y = t_alloc((size_t)x->g * x->d * sizeof(float)),
+		.alpha = t_alloc(x->g * sizeof(float)),
+		.sel = t_alloc(k * sizeof(uint32_t)), .sel_cap = k,
+	};
+}
+
+static void free_item(struct sparq_attend_item *it)
+{
+	free(it->y);
+	free(it->alpha);
+	free(it->sel);
+}
+
+/* Three streams, room on the GPU for three pages: one fits, one moves, one never fits. */
+static void test_budget_fallback(const struct sparq_backend_config *base)
+{
+	struct sparq_backend_config cfg = *base;
+	struct sparq_backend *be;
+	struct sparq_store *st;
+	struct data a, b, c;
+	struct sparq_stream *sa, *sb, *sc;
+	uint64_t mask[94] = { 0 };
+	char want[64];
+
+	cfg.gpu_budget_bytes = 3ull << 20; /* three 1 MiB pages: 12288 positions at d = 128 */
+	T_CHECK(sparq_backend_open("cuda", &cfg, &be) == 0, "open with a small budget");
+	T_CHECK(sparq_store_heap_create(256, 0, &st) == 0, "store");
+	make_data(&a, 6000, 128, 1, SPARQ_DTYPE_F16, 11, 1.0f);
+	make_data(&b, 6000, 128, 4, SPARQ_DTYPE_BF16, 12, 1.0f);
+	make_data(&c, 700, 128, 1, SPARQ_DTYPE_F16, 13, 1.0f);
+	sa = stream_of(be, st, &a, 6000, 6000);          /* pages 1-2 */
+	const char *why = NULL;
+	T_CHECK(sparq_stream_create(be, st, b.d, b.dt, &sb, &why) == 0, "create b");
+	append_range(sb, &b, 0, 3000, 3000);             /* page 3: the pool is full */
+	sc = stream_of(be, st, &c, 100, 100);            /* no page left at all */
+	printf("budget: %s\n", be->detail);
+	T_CHECK(strstr(be->detail, "1 of 3 streams on CPU"), "detail '%s' should count 1 of 3",
+		be->detail);
+	append_range(sb, &b, 3000, 6000, 1000);          /* needs a 4th page: moves to the CPU */
+	printf("budget: %s\n", be->detail);
+	T_CHECK(strstr(be->detail, "2 of 3 streams on CPU"), "detail '%s' should count 2 of 3",
+		be->detail);
+	for (uint32_t j = 0; j < 6000; j += 7)
+		mask[j / 64] |= UINT64_C(1) << (j % 64);
+	mask[5999 / 64] &= ~(UINT64_C(1) << (5999 % 64));
+
+	struct sparq_attend_item it[3] = {
+		item_for(sa, &a, NULL, 16, 256, SPARQ_BLEND_ON),
+		item_for(sb, &b, mask, 32, 300, SPARQ_BLEND_AUTO),
+		item_for(sc, &c, NULL, 8, 128, SPARQ_BLEND_ON),
+	};
+	struct sparq_attend_batch bt = { .items = it, .n = 3 };
+	int ret = sparq_backend_attend(be, &bt);
+	T_CHECK(ret == 0, "attend: %d %s (item %d)", ret, bt.why ? bt.why : "", bt.bad_item);
+	T_CHECK(bt.stats.cpu_items == 2, "%u items on the CPU, want 2", bt.stats.cpu_items);
+	check_ref("budget: GPU stream", &a, NULL, &it[0]);
+	check_ref("budget: moved stream", &b, mask, &it[1]);
+	check_ref("budget: CPU stream", &c, NULL, &it[2]);
+
+	sparq_stream_destroy(sb);
+	snprintf(want, sizeof(want), "1 of 2 streams on CPU");
+	T_CHECK(strstr(be->detail, want), "after close: '%s'", be->detail);
+	for (int i = 0; i < 3; i++)
+		free_item(&it[i]);
+	sparq_stream_destroy(sa);
+	sparq_stream_destroy(sc);
+	sparq_backend_close(be);
+	sparq_store_destroy(st);
+	free_data(&a);
+	free_data(&b);
+	free_data(&c);
+}
+
+/*
+ * The same stream in a region store (zero-copy) and in a plain one (staged), built
+ * with decode appends across page boundaries (2048 positions per page at d = 256):
+ * identical bits out of both paths, and select mode agrees with full mode.
+ */
+static void test_paths(const struct sparq_backend_config *cfg)
+{
+	struct sparq_backend *be;
+	struct sparq_store *plain, *region;
+	struct data x;
+
+	T_CHECK(sparq_backend_open("cuda", cfg, &be) == 0, "open");
+	T_CHECK(sparq_store_heap_create(64, 0, &plain) == 0, "plain store");
+	T_CHECK(sparq_store_heap_create_region(64, 64ull << 20, &region) == 0, "region store");
+	make_data(&x, 4200, 256, 4, SPARQ_DTYPE_F16, 21, 1.0f);
+	struct sparq_stream *s1 = stream_of(be, plain, &x, 2040, 1);
+	struct sparq_stream *s2 = stream_of(be, region, &x, 2040, 1);
+
+	for (int blend = 0; blend < 3; blend++) {
+		struct sparq_attend_item it[2] = {
+			item_for(s1, &x, NULL, 32, 300, (enum sparq_blend)blend),
+			item_for(s2, &x, NULL, 32, 300, (enum sparq_blend)blend),
+		};
+		struct sparq_attend_batch bt = { .items = it, .n = 2 };
+		int ret = sparq_backend_attend(be, &bt);
+		T_CHECK(ret == 0, "attend: %d %s", ret, bt.why ? bt.why : "");
+		T_CHECK(bt.stats.cpu_items == 0, "items fell back");
+		check_ref("paths: staged", &x, NULL, &it[0]);
+		T_CHECK(it[0].n_sel == it[1].n_sel &&
+			memcmp(it[0].sel, it[1].sel, it[0].n_sel * 4) == 0 &&
+			memcmp(it[0].alpha, it[1].alpha, x.g * 4) == 0 &&
+			memcmp(it[0].y, it[1].y, (size_t)x.g * x.d * 4) == 0,
+			"zero-copy and staged paths differ (blend %d)", blend);
+
+		/* select mode: the same rows and alpha, y left alone */
+		struct sparq_attend_item sit = item_for(s2, &x, NULL, 32, 300, (enum sparq_blend)blend);
+		memset(sit.y, 0x7f, (size_t)x.g * x.d * 4);
+		struct sparq_attend_batch sb = { .items = &sit, .n = 1, .mode = SPARQ_ATTEND_SELECT };
+		ret = sparq_backend_attend(be, &sb);
+		T_CHECK(ret == 0, "select: %d %s", ret, sb.why ? sb.why : "");
+		T_CHECK(sit.n_sel == it[1].n_sel && memcmp(sit.sel, it[1].sel, sit.n_sel * 4) == 0 &&
+			memcmp(sit.alpha, it[1].alpha, x.g * 4) == 0, "select mode differs");
+		T_CHECK(((uint8_t *)sit.y)[0] == 0x7f, "select mode wrote y");
+		T_CHECK(sb.stats.record_bytes == 0, "select mode fetched records");
+		free_item(&sit);
+		free_item(&it[0]);
+		free_item(&it[1]);
+	}
+	printf("paths: %s\n", be->detail);
+	sparq_stream_destroy(s1);
+	sparq_stream_destroy(s2);
+	sparq_backend_close(be);
+	sparq_store_destroy(plain);
+	sparq_store_destroy(region);
+	free_data(&x);
+}
+
+/* bf16 keys near 3e38 overflow fp32 logits: -ERANGE naming the second item. */
+static void test_overflow(const struct sparq_backend_config *cfg)
+{
+	struct sparq_backend *be;
+	struct sparq_store *st;
+	struct data ok, big;
+
+	T_CHECK(sparq_backend_open("cuda", cfg, &be) == 0, "open");
+	T_CHECK(sparq_store_heap_create(64, 0, &st) == 0, "store");
+	make_data(&ok, 1000, 64, 1, SPARQ_DTYPE_BF16, 31, 1.0f);
+	make_data(&big, 1000, 64, 1, SPARQ_DTYPE_BF16, 32, 1e38f);
+	struct sparq_stream *s1 = stream_of(be, st, &ok, 1000, 1000);
+	struct sparq_stream *s2 = stream_of(be, st, &big, 1000, 1000);
+	struct sparq_attend_item it[2] = {
+		item_for(s1, &ok, NULL, 64, 128, SPARQ_BLEND_ON),
+		item_for(s2, &big, NULL, 64, 128, SPARQ_BLEND_ON),
+	};
+	struct sparq_attend_batch bt = { .items = it, .n = 2 };
+	int ret = sparq_backend_attend(be, &bt);
+	T_CHECK(ret == -ERANGE, "overflow gave %d (%s)", ret, bt.why ? bt.why : "");
+	T_CHECK(bt.bad_item == 1, "bad_item %d, want 1", bt.bad_item);
+	T_CHECK(bt.why && strstr(bt.why, "overflow"), "reason '%s'", bt.why ? bt.why : "");
+
+	/* the backend is still usable afterwards */
+	bt = (struct sparq_attend_batch){ .items = it, .n = 1 };
+	ret = sparq_backend_attend(be, &bt);
+	T_CHECK(ret == 0, "attend after an overflow: %d %s", ret, bt.why ? bt.why : "");
+	check_ref("after overflow", &ok, NULL, &it[0]);
+	free_item(&it[0]);
+	free_item(&it[1]);
+	sparq_stream_destroy(s1);
+	sparq_stream_destroy(s2);
+	sparq_backend_close(be);
+	sparq_store_destroy(st);
+	free_data(&ok);
+	free_data(&big);
+}
+
+int main(void)
+{
+	struct sparq_backend_config cfg = { .n_threads = 2 };
+	struct sparq_backend *be;
+	int ret = sparq_backend_open("cuda", &cfg, &be);
+
+	if (ret) {
+		struct sparq_backend_info info[2];
+		sparq_backend_list(info, 2);
+		printf("SKIP: no CUDA backend here (%s): %s\n", strerror(-ret), info[1].detail);
+		return T_EXIT_SKIP;
+	}
+	printf("cuda: %s\n", be->detail);
+	sparq_backend_close(be);
+	test_budget_fallback(&cfg);
+	test_paths(&cfg);
+	test_overflow(&cfg);
+	printf("cuda: all checks passed\n");
+	return T_EXIT_PASS;
+}
