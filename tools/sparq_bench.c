@@ -2926,6 +2926,12 @@ static void gpu_print_table(FILE *f, const struct gpu_report *r, const struct gp
 		row_w(f, 44, 16, 34, "  output rel. L2 error vs dense (layer 0)", v,
 		      "dense resident kernel", NULL);
 	}
+	/* one greppable line for tools/gpu-bench's closing table */
+	fprintf(f, "\nsummary %s: H2D %.1f GB/s, HBM %.0f GB/s, gather %.1f GB/s, dense check "
+		   "%.1e, dense resident at %.2f of HBM, GPU B/token/head/layer SparQ %.1f vs dense "
+		   "%.0f%s%s\n", o->config, r->h2d_gbs, r->hbm_gbs, r->gather_gbs,
+		fmax(r->check_err, r->check_off_err), ratio_of(r->res_gbs, r->hbm_gbs),
+		r->bpt_sparq, r->bpt_dense, r->sparq_why[0] ? "; SparQ: " : "", r->sparq_why);
 }
 
 static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu_opts *o)
