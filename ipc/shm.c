@@ -221,8 +221,11 @@ int sparq_sq_pop(struct sparq_shm *s, struct sparq_sqe *out)
 	if (tail - s->sq_head > s->entries)
 		return -EPROTO;
 	/* every taken submission owes one completion: never owe more than the ring holds.
-	 * A client that lies about cq_head only overwrites its own unread completions. */
-	if (s->sq_head - cq_head >= s->entries)
+	 * A client that lies about cq_head only overwrites its own unread completions. The
+	 * difference is signed: a completion posted without a submission (the daemon's
+	 * notice of an impossible tail) leaves cq_head ahead of sq_head, which frees slots
+	 * rather than reading as 2^32 - 1 owed completions and stalling the ring for good. */
+	if ((int32_t)(s->sq_head - cq_head) >= (int32_t)s->entries)
 		return 0;
 	memcpy(out, &s->sq[s->sq_head & (s->entries - 1)], sizeof(*out));
 	s->sq_head++;
