@@ -56,6 +56,7 @@
 #include "store.h"
 #include "stream.h"
 
+#include "bench_ipc.h"
 #include "bench_util.h"
 #ifdef SPARQ_BENCH_GPU
 #include "bench_gpu.h"
@@ -227,6 +228,10 @@ static void usage(FILE *f)
 		"           layer and per token, its PCIe + HBM floor, dense attention resident\n"
 		"           and offloaded, pinned-copy / HBM / zero-copy gather ceilings, GPU\n"
 		"           memory per token; CSV and JSON lines for the plots\n"
+		"  ipc      one batched attend through a sparqd started for the run versus the\n"
+		"           same call in-process: overhead p50/p99 next to the ping floor and\n"
+		"           the 20 us target, and a load run of concurrent clients\n"
+		"           (options: sparq-bench ipc --help)\n"
 		"\n"
 		"options of kernel:\n"
 		"  --preset NAME        model geometry (default llama3-8b):\n");
@@ -3716,6 +3721,8 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		return run_tiers(&to) ? EXIT_RUNTIME : 0;
 	}
+	if (strcmp(argv[1], "ipc") == 0)
+		return bench_ipc_main(argc - 2, argv + 2);
 	if (strcmp(argv[1], "gpu") == 0) {
 		struct gpu_opts go;
 
@@ -3729,7 +3736,7 @@ int main(int argc, char **argv)
 		return run_gpu(&go) ? EXIT_RUNTIME : 0;
 	}
 	if (strcmp(argv[1], "kernel") != 0) {
-		usage_error("unknown mode '%s' (modes: kernel, tiers, gpu)", argv[1]);
+		usage_error("unknown mode '%s' (modes: kernel, tiers, gpu, ipc)", argv[1]);
 		return EXIT_USAGE;
 	}
 	ret = parse_kernel_args(argc - 2, argv + 2, &o);

@@ -1,0 +1,713 @@
+/*
+ * bench_ipc.c — sparq-bench ipc (issue 4, "Benchmark"): the cost of sparqd's IPC on
+ * a decode step. For each context length, one layer of llama3-8b (32 query heads on
+ * 8 KV heads, d = 128, fp16) is built twice from the same bytes: in a sparqd this
+ * run starts (or $SPARQ_TEST_SOCKET-style --socket), through libsparq, and
+ * in-process over a heap store with the same backend and thread count. Then, in one
+ * interleaved loop, each repetition times:
+ *   - the batched attend of all 8 KV heads in-process (sparq_backend_attend);
+ *   - the same attend through the daemon (sparq_attend: q into the shared area, one
+ *     ring descriptor, the doorbell, the completion, y back out);
+ *   - a ping (an empty ring request): the IPC floor.
+ * The overhead of a call is its through-daemon time minus the in-process time of the
+ * same repetition; p50/p99 of that paired difference are compared with the target
+ * (20 µs p50). Orders alternate between repetitions so neither side always runs on
+ * the warmer cache. y from both sides is compared with memcmp: the benchmark measures
+ * the same call, not a cheaper one.
+ *
+ * The load run: N client threads, each with its own connection and session, attend
+ * for a fixed time; aggregate calls/s and p50/p99 latency, next to the in-process
+ * single-caller rate scaled to the CPUs available (the compute ceiling).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "bench_ipc.h"
+#include "bench_util.h"
+#include "half.h"
+#include "libsparq.h"
+#include "sparq.h"
+#include "sparqd_spawn.h"
+#include "store.h"
+#include "stream.h"
+
+#define PROG "sparq-bench ipc"
+#define N_Q 32u
+#define N_KV 8u
+#define G (N_Q / N_KV)
+#define D 128u
+#define MAX_CTX 8u
+#define N_QUERIES 8u           /* rotated between repetitions */
+#define FILL 1024u             /* tokens per append while building */
+#define WARMUP 10u
+#define TARGET_US 20.0         /* issue 4: IPC overhead of one batched attend, p50 */
+#define LOAD_SAMPLES_MAX (1u << 20)
+#define SEED 0x1bc5eedULL
+
+struct ipc_opts {
+	uint32_t ctx[MAX_CTX], n_ctx;
+	uint32_t reps, clients, threads, workers;
+	double load_s;
+	float ratio;
+	const char *backend;
+	const char *socket;      /* a running daemon instead of our own */
+	bool json;
+};
+
+struct ctx_result {
+	uint32_t S, reps;
+	double local_p50, local_p99, ipc_p50, ipc_p99, ping_p50, ping_p99;  /* µs */
+	double over_p50, over_p99;     /* paired differences, µs */
+	double local_mean, ipc_mean;
+	bool identical;
+	uint32_t r, k;
+};
+
+struct load_result {
+	uint32_t clients, S;
+	uint64_t calls, errors;
+	double wall_s, calls_per_s, p50, p99;
+	double local_calls_per_s, ceiling_calls_per_s;
+	uint32_t cpus;
+};
+
+/* One layer, in-process and in the daemon, built from the same bytes. */
+struct layer {
+	struct sparq_backend *be;
+	struct sparq_store *st;
+	struct sparq_stream *s[N_KV];
+	struct sparq_client *c;
+	uint64_t session;
+	uint32_t S;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: sparq-bench ipc [options]\n"
+		"  One decode-step attention of a llama3-8b layer (8 KV heads, one batched call)\n"
+		"  through sparqd versus the same call in-process, per-call overhead p50/p99 next\n"
+		"  to the ping floor and the 20 us target, then a load run of concurrent clients.\n"
+		"  --context LIST   comma-separated context lengths (default 4096,32768)\n"
+		"  --reps N         timed repetitions at 4096 (default 400; fewer for longer\n"
+		"                   contexts, at least 50)\n"
+		"  --clients N      load-run clients, each its own connection and session (default 4)\n"
+		"  --load-seconds S load-run duration (default 3)\n"
+		"  --threads N      backend threads, the same in the daemon and in-process (default 1)\n"
+		"  --workers N      daemon request workers (default: --clients)\n"
+		"  --ratio C        SparQ transfer 1/C (default 8)\n"
+		"  --backend NAME   cpu or cuda, both sides (default cpu)\n"
+		"  --socket PATH    use a running sparqd (its backend and threads should match)\n"
+		"  --json           one JSON object on stdout; the table goes to stderr\n"
+		"  The daemon started here is ../daemon/sparqd next to this program, or $SPARQD.\n");
+}
+
+static int usage_error(const char *msg, const char *arg)
+{
+	fprintf(stderr, PROG ": %s '%s' (see sparq-bench ipc --help)\n", msg, arg);
+	return 2;
+}
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || end == s || v < lo || v > hi || s[0] == '-')
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+/* 0 to run, 1 after --help, 2 after a usage error (reported). */
+static int parse(int argc, char **argv, struct ipc_opts *o)
+{
+	static const struct option lo[] = {
+		{ "context", required_argument, NULL, 'c' }, { "reps", required_argument, NULL, 'n' },
+		{ "clients", required_argument, NULL, 'C' }, { "load-seconds", required_argument, NULL, 'L' },
+		{ "threads", required_argument, NULL, 't' }, { "workers", required_argument, NULL, 'w' },
+		{ "ratio", required_argument, NULL, 'r' },   { "backend", required_argument, NULL, 'b' },
+		{ "socket", required_argument, NULL, 's' },  { "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },          { NULL, 0, NULL, 0 },
+	};
+	char *end, *list, *tok, *save;
+	int opt;
+
+	*o = (struct ipc_opts){ .ctx = { 4096, 32768 }, .n_ctx = 2, .reps = 400, .clients = 4,
+				.threads = 1, .load_s = 3, .ratio = 8, .backend = "cpu" };
+	optind = 0; /* argv[0] is the first option here: getopt must not skip it */
+	while ((opt = getopt_long(argc + 1, argv - 1, "h", lo, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			list = strdup(optarg);
+			if (!list)
+				return 2;
+			o->n_ctx = 0;
+			for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				if (o->n_ctx == MAX_CTX ||
+				    parse_u32(tok, 256, 1u << 22, &o->ctx[o->n_ctx++])) {
+					free(list);
+					return usage_error("--context: expected up to 8 lengths in "
+							   "[256, 4194304], got", optarg);
+				}
+			}
+			free(list);
+			if (!o->n_ctx)
+				return usage_error("--context: no length in", optarg);
+			break;
+		case 'n':
+			if (parse_u32(optarg, 1, 1000000, &o->reps))
+				return usage_error("--reps: expected an integer in [1, 1000000], got", optarg);
+			break;
+		case 'C':
+			if (parse_u32(optarg, 0, 64, &o->clients))
+				return usage_error("--clients: expected an integer in [0, 64], got", optarg);
+			break;
+		case 'L':
+			o->load_s = strtod(optarg, &end);
+			if (*end || !(o->load_s > 0 && o->load_s <= 3600))
+				return usage_error("--load-seconds: expected seconds in (0, 3600], got", optarg);
+			break;
+		case 't':
+			if (parse_u32(optarg, 0, 256, &o->threads))
+				return usage_error("--threads: expected an integer in [0, 256], got", optarg);
+			break;
+		case 'w':
+			if (parse_u32(optarg, 1, 256, &o->workers))
+				return usage_error("--workers: expected an integer in [1, 256], got", optarg);
+			break;
+		case 'r':
+			o->ratio = strtof(optarg, &end);
+			if (*end || !(o->ratio >= 1.0f && o->ratio <= 1024.0f))
+				return usage_error("--ratio: expected a compression in [1, 1024], got", optarg);
+			break;
+		case 'b':
+			if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
+				return usage_error("--backend: expected cpu or cuda, got", optarg);
+			o->backend = optarg;
+			break;
+		case 's':
+			o->socket = optarg;
+			break;
+		case 'j':
+			o->json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 1;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc + 1)
+		return usage_error("unexpected argument", argv[optind - 1]);
+	if (!o->workers)
+		o->workers = o->clients ? o->clients : 1;
+	return 0;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of signed samples (sorts them). */
+static double pct_i64(int64_t *v, uint32_t n, double p)
+{
+	qsort(v, n, sizeof(*v), cmp_i64);
+	uint32_t i = (uint32_t)ceil(p / 100.0 * n);
+	return (double)v[i ? i - 1 : 0];
+}
+
+/* Keys with per-channel scales, values plain: [n][N_KV][D] of positions pos... */
+static void make_kv(struct bench_rng *r, const float *scale, uint32_t n, uint16_t *k,
+		    uint16_t *v)
+{
+	for (uint32_t t = 0; t < n; t++)
+		for (uint32_t h = 0; h < N_KV; h++)
+			for (uint32_t i = 0; i < D; i++) {
+				size_t at = ((size_t)t * N_KV + h) * D + i;
+				k[at] = sparq_f32_to_f16(bench_rng_normal_fast(r) * scale[h * D + i]);
+				v[at] = sparq_f32_to_f16(bench_rng_normal_fast(r));
+			}
+}
+
+/* Queries with a few heavy channels, as trained queries have. */
+static void make_queries(struct bench_rng *r, float (*q)[N_Q * D])
+{
+	for (uint32_t j = 0; j < N_QUERIES; j++)
+		for (uint32_t i = 0; i < N_Q * D; i++)
+			q[j][i] = 2.0f * bench_rng_normal(r) * (i % D < 4 ? 6.0f : 1.0f);
+}
+
+static void layer_destroy(struct layer *l)
+{
+	for (uint32_t h = 0; h < N_KV; h++)
+		sparq_stream_destroy(l->s[h]);
+	sparq_store_destroy(l->st);
+	sparq_backend_close(l->be);
+	memset(l->s, 0, sizeof(l->s));
+	l->st = NULL;
+	l->be = NULL;
+}
+
+/*
+ * A session of S tokens in the daemon (through c) and, when local, the same streams
+ * in-process. Appends go in FILL-token pieces on both sides.
+ */
+static int layer_build(struct layer *l, struct sparq_client *c, const struct ipc_opts *o,
+		       uint32_t S, bool local, uint64_t seed)
+{
+	struct sparq_backend_config cfg = { .n_threads = o->threads };
+	struct bench_rng r;
+	float scale[N_KV * D];
+	uint16_t *k = malloc((size_t)FILL * N_KV * D * 2), *v = malloc((size_t)FILL * N_KV * D * 2);
+	uint16_t *hk = malloc((size_t)FILL * D * 2), *hv = malloc((size_t)FILL * D * 2);
+	const char *why = "";
+	int ret = 0;
+
+	memset(l, 0, sizeof(*l));
+	l->c = c;
+	l->S = S;
+	if (!k || !v || !hk || !hv) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	bench_rng_seed(&r, seed);
+	for (uint32_t i = 0; i < N_KV * D; i++)
+		scale[i] = expf(0.5f * bench_rng_normal(&r));
+	struct sparq_session_opts so = {
+		.geometry = { 1, N_Q, N_KV, D, SPARQ_CLIENT_F16 },
+		.defaults = { .ratio = o->ratio, .l = -1 },
+		.label = "sparq-bench-ipc",
+	};
+	ret = sparq_session_create(c, &so, &l->session);
+	if (ret) {
+		fprintf(stderr, PROG ": create session: %s (%s)\n", strerror(-ret), sparq_client_error(c));
+		goto out;
+	}
+	if (local) {
+		ret = sparq_backend_open(o->backend, &cfg, &l->be);
+		if (ret) {
+			fprintf(stderr, PROG ": cannot open backend %s in-process: %s\n", o->backend,
+				strerror(-ret));
+			goto out;
+		}
+		ret = sparq_store_heap_create(1024, 0, &l->st);
+		for (uint32_t h = 0; h < N_KV && !ret; h++)
+			ret = sparq_stream_create(l->be, l->st, D, SPARQ_DTYPE_F16, &l->s[h], &why);
+		if (ret) {
+			fprintf(stderr, PROG ": in-process streams: %s (%s)\n", strerror(-ret), why);
+			goto out;
+		}
+	}
+	for (uint32_t pos = 0; pos < S && !ret; pos += FILL) {
+		uint32_t n = S - pos < FILL ? S - pos : FILL;
+		make_kv(&r, scale, n, k, v);
+		ret = sparq_append(c, l->session, 0, n, k, v);
+		if (ret) {
+			fprintf(stderr, PROG ": append: %s (%s)\n", strerror(-ret), sparq_client_error(c));
+			break;
+		}
+		for (uint32_t h = 0; h < N_KV && local && !ret; h++) {
+			for (uint32_t t = 0; t < n; t++) {
+				memcpy(hk + (size_t)t * D, k + ((size_t)t * N_KV + h) * D, D * 2);
+				memcpy(hv + (size_t)t * D, v + ((size_t)t * N_KV + h) * D, D * 2);
+			}
+			ret = sparq_stream_append(l->s[h], n, hk, hv, &why);
+			if (ret)
+				fprintf(stderr, PROG ": in-process append: %s (%s)\n", strerror(-ret), why);
+		}
+	}
+out:
+	free(k);
+	free(v);
+	free(hk);
+	free(hv);
+	return ret;
+}
+
+static int attend_local(struct layer *l, const float *q, float *y, const struct ipc_opts *o,
+			struct sparq_resolved *used)
+{
+	struct sparq_attend_item items[N_KV];
+	struct sparq_attend_batch b = { .items = items, .n = N_KV };
+	struct sparq_params p = { .ratio = o->ratio, .l = -1 };
+
+	for (uint32_t h = 0; h < N_KV; h++)
+		items[h] = (struct sparq_attend_item){ .stream = l->s[h], .g = G, .q = q + h * G * D,
+						       .y = y + h * G * D, .params = p };
+	int ret = sparq_backend_attend(l->be, &b);
+	if (ret)
+		fprintf(stderr, PROG ": in-process attend: %s (%s)\n", strerror(-ret),
+			b.why ? b.why : "");
+	else if (used)
+		*used = items[0].used;
+	return ret;
+}
+
+static int attend_ipc(struct layer *l, const float *q, float *y)
+{
+	struct sparq_attend_req req = { .session = l->session, .q = q, .y = y };
+	int ret = sparq_attend(l->c, 0, &req, 1, NULL);
+
+	if (ret)
+		fprintf(stderr, PROG ": attend through the daemon: %s (%s)\n", strerror(-ret),
+			sparq_client_error(l->c));
+	return ret;
+}
+
+static int run_context(struct sparq_client *c, const struct ipc_opts *o, uint32_t S,
+		       struct ctx_result *res)
+{
+	static float q[N_QUERIES][N_Q * D], y_loc[N_Q * D], y_ipc[N_Q * D];
+	struct layer l;
+	struct bench_rng r;
+	struct sparq_resolved used = { 0 };
+	uint32_t reps = (uint32_t)((uint64_t)o->reps * 4096 / S);
+	uint64_t *t_loc = NULL, *t_ipc = NULL, *t_ping = NULL;
+	int64_t *over = NULL;
+	int ret;
+
+	if (reps < 50)
+		reps = o->reps < 50 ? o->reps : 50;
+	memset(res, 0, sizeof(*res));
+	res->S = S;
+	res->reps = reps;
+	res->identical = true;
+	fprintf(stderr, PROG ": context %u: building the layer in the daemon and in-process...\n", S);
+	ret = layer_build(&l, c, o, S, true, SEED ^ S);
+	if (ret)
+		goto out;
+	t_loc = calloc(reps, sizeof(*t_loc));
+	t_ipc = calloc(reps, sizeof(*t_ipc));
+	t_ping = calloc(reps, sizeof(*t_ping));
+	over = calloc(reps, sizeof(*over));
+	if (!t_loc || !t_ipc || !t_ping || !over) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	bench_rng_seed(&r, SEED + S);
+	make_queries(&r, q);
+	for (uint32_t i = 0; i < WARMUP && !ret; i++) {
+		ret = attend_local(&l, q[i % N_QUERIES], y_loc, o, &used);
+		if (!ret)
+			ret = attend_ipc(&l, q[i % N_QUERIES], y_ipc);
+		if (!ret)
+			ret = sparq_ping(c);
+	}
+	fprintf(stderr, PROG ": context %u: %u interleaved repetitions...\n", S, reps);
+	for (uint32_t i = 0; i < reps && !ret; i++) {
+		const float *qi = q[i % N_QUERIES];
+		uint64_t t0, t1, t2, t3;
+		/* alternate which side runs first, so neither always finds the warmer cache */
+		if (i & 1) {
+			t0 = bench_now_ns();
+			ret = attend_ipc(&l, qi, y_ipc);
+			t1 = bench_now_ns();
+			ret = ret ? ret : attend_local(&l, qi, y_loc, o, NULL);
+			t2 = bench_now_ns();
+			t_ipc[i] = t1 - t0;
+			t_loc[i] = t2 - t1;
+		} else {
+			t0 = bench_now_ns();
+			ret = attend_local(&l, qi, y_loc, o, NULL);
+			t1 = bench_now_ns();
+			ret = ret ? ret : attend_ipc(&l, qi, y_ipc);
+			t2 = bench_now_ns();
+			t_loc[i] = t1 - t0;
+			t_ipc[i] = t2 - t1;
+		}
+		if (!ret && (ret = sparq_ping(c)))
+			fprintf(stderr, PROG ": ping: %s (%s)\n", strerror(-ret), sparq_client_error(c));
+		t3 = bench_now_ns();
+		t_ping[i] = t3 - t2;
+		over[i] = (int64_t)t_ipc[i] - (int64_t)t_loc[i];
+		res->identical &= memcmp(y_loc, y_ipc, sizeof(y_loc)) == 0;
+		res->local_mean += t_loc[i] / 1e3 / reps;
+		res->ipc_mean += t_ipc[i] / 1e3 / reps;
+	}
+	if (ret)
+		goto out;
+	res->r = used.r;
+	res->k = used.k;
+	res->over_p50 = pct_i64(over, reps, 50) / 1e3;
+	res->over_p99 = pct_i64(over, reps, 99) / 1e3;
+	res->local_p50 = bench_percentile(t_loc, reps, 50) / 1e3;
+	res->local_p99 = bench_percentile(t_loc, reps, 99) / 1e3;
+	res->ipc_p50 = bench_percentile(t_ipc, reps, 50) / 1e3;
+	res->ipc_p99 = bench_percentile(t_ipc, reps, 99) / 1e3;
+	res->ping_p50 = bench_percentile(t_ping, reps, 50) / 1e3;
+	res->ping_p99 = bench_percentile(t_ping, reps, 99) / 1e3;
+out:
+	if (l.c)
+		sparq_session_close(c, l.session);
+	layer_destroy(&l);
+	free(t_loc);
+	free(t_ipc);
+	free(t_ping);
+	free(over);
+	return ret;
+}
+
+/* ---- load run ---- */
+
+struct load_ctx {
+	const struct ipc_opts *o;
+	const char *socket;
+	uint32_t S;
+	pthread_barrier_t ready;
+	uint64_t start_ns, end_ns;
+	pthread_mutex_t lock;
+	uint64_t *samples;      /* [LOAD_SAMPLES_MAX] latencies of every client, ns */
+	uint64_t n_samples, calls, errors;
+	int failed;
+};
+
+static void load_client(void *arg, uint32_t idx, uint32_t n)
+{
+	struct load_ctx *lc = arg;
+	static float q[N_QUERIES][N_Q * D];  /* read-only once made (by client 0) */
+	struct sparq_client *c = NULL;
+	struct layer l = { 0 };
+	float y[N_Q * D];
+	uint64_t *mine = calloc(LOAD_SAMPLES_MAX / n, sizeof(*mine));
+	uint64_t got = 0, calls = 0, errors = 0;
+	char name[32];
+	int ret;
+
+	snprintf(name, sizeof(name), "bench-load-%u", idx);
+	ret = mine ? sparq_connect(lc->socket, name, 0, &c) : -ENOMEM;
+	if (!ret)
+		ret = layer_build(&l, c, lc->o, lc->S, false, SEED ^ (idx + 1));
+	if (idx == 0) {
+		struct bench_rng r;
+		bench_rng_seed(&r, SEED);
+		make_queries(&r, q);
+	}
+	if (ret) {
+		fprintf(stderr, PROG ": load client %u: setup failed: %s\n", idx, strerror(-ret));
+		__atomic_store_n(&lc->failed, 1, __ATOMIC_RELAXED);
+	}
+	/* everyone starts together, after every session exists */
+	pthread_barrier_wait(&lc->ready);
+	if (idx == 0)
+		__atomic_store_n(&lc->start_ns, bench_now_ns(), __ATOMIC_RELEASE);
+	pthread_barrier_wait(&lc->ready);
+	uint64_t end = __atomic_load_n(&lc->start_ns, __ATOMIC_ACQUIRE) +
+		       (uint64_t)(lc->o->load_s * 1e9);
+	while (!ret && !__atomic_load_n(&lc->failed, __ATOMIC_RELAXED)) {
+		uint64_t t0 = bench_now_ns();
+		if (t0 >= end)
+			break;
+		struct sparq_attend_req req = { .session = l.session, .q = q[calls % N_QUERIES], .y = y };
+		int r = sparq_attend(c, 0, &req, 1, NULL);
+		uint64_t t1 = bench_now_ns();
+		calls++;
+		if (r) {
+			errors++;
+			continue;
+		}
+		if (got < LOAD_SAMPLES_MAX / n)
+			mine[got++] = t1 - t0;
+	}
+	pthread_mutex_lock(&lc->lock);
+	if (lc->end_ns < bench_now_ns())
+		lc->end_ns = bench_now_ns();
+	memcpy(lc->samples + lc->n_samples, mine, got * sizeof(*mine));
+	lc->n_samples += got;
+	lc->calls += calls;
+	lc->errors += errors;
+	pthread_mutex_unlock(&lc->lock);
+	if (c && l.session)
+		sparq_session_close(c, l.session);
+	sparq_disconnect(c);
+	free(mine);
+}
+
+static int run_load(const struct ipc_opts *o, const char *socket, uint32_t S,
+		    const struct ctx_result *single, struct load_result *res)
+{
+	struct load_ctx lc = { .o = o, .socket = socket, .S = S };
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	res->clients = o->clients;
+	res->S = S;
+	lc.samples = calloc(LOAD_SAMPLES_MAX, sizeof(*lc.samples));
+	if (!lc.samples)
+		return -ENOMEM;
+	pthread_mutex_init(&lc.lock, NULL);
+	pthread_barrier_init(&lc.ready, NULL, o->clients);
+	fprintf(stderr, PROG ": load run: %u clients, context %u, %.1f s...\n", o->clients, S,
+		o->load_s);
+	ret = bench_parallel(o->clients, load_client, &lc);
+	pthread_barrier_destroy(&lc.ready);
+	pthread_mutex_destroy(&lc.lock);
+	if (!ret && (lc.failed || lc.n_samples == 0))
+		ret = -EIO;
+	if (!ret) {
+		res->calls = lc.calls;
+		res->errors = lc.errors;
+		res->wall_s = (lc.end_ns - lc.start_ns) / 1e9;
+		res->calls_per_s = lc.calls / res->wall_s;
+		res->p50 = bench_percentile(lc.samples, (uint32_t)lc.n_samples, 50) / 1e3;
+		res->p99 = bench_percentile(lc.samples, (uint32_t)lc.n_samples, 99) / 1e3;
+		res->cpus = bench_online_cpus();
+		res->local_calls_per_s = 1e6 / single->local_mean;
+		/* each call keeps `threads` CPUs busy: that many calls run at once at most */
+		uint32_t per_call = o->threads ? o->threads : res->cpus;
+		double conc = (double)res->cpus / per_call;
+		if (conc > o->clients)
+			conc = o->clients;
+		if (conc > o->workers)
+			conc = o->workers;
+		res->ceiling_calls_per_s = res->local_calls_per_s * (conc < 1 ? 1 : conc);
+	}
+	free(lc.samples);
+	return ret;
+}
+
+static void print_table(FILE *f, const struct ipc_opts *o, const char *backend,
+			const char *detail, const struct ctx_result *cr, uint32_t n,
+			const struct load_result *lr)
+{
+	fprintf(f, "\nsparq-bench ipc: llama3-8b layer (32 q heads on 8 KV heads, d 128, fp16), "
+		   "SparQ ratio 1/%g, one batched attend of 8 KV heads per call\n", o->ratio);
+	fprintf(f, "daemon backend %s (it reports: %s); %s backend threads: %u on both sides%s\n",
+		backend, detail, o->backend, o->threads,
+		o->socket ? " (the running daemon's own setting applies to it)" : "");
+	fprintf(f, "\n%8s %6s %5s %5s | %17s | %17s | %17s | %9s %7s | %15s | %s\n", "context",
+		"reps", "r", "k", "in-process p50/99", "via daemon p50/99", "overhead p50/p99",
+		"target", "ratio", "ping p50/p99", "y identical");
+	for (uint32_t i = 0; i < n; i++)
+		fprintf(f, "%8u %6u %5u %5u | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f | %6.0f us "
+			   "%7.2f | %7.1f %7.1f | %s\n",
+			cr[i].S, cr[i].reps, cr[i].r, cr[i].k, cr[i].local_p50, cr[i].local_p99,
+			cr[i].ipc_p50, cr[i].ipc_p99, cr[i].over_p50, cr[i].over_p99, TARGET_US,
+			cr[i].over_p50 / TARGET_US, cr[i].ping_p50, cr[i].ping_p99,
+			cr[i].identical ? "yes" : "NO");
+	fprintf(f, "(times in us; overhead = via daemon minus in-process, paired per repetition; "
+		   "ratio = overhead p50 / target, below 1 meets it; ping = an empty ring request, "
+		   "the IPC floor)\n");
+	if (lr && lr->clients)
+		fprintf(f, "\nload: %u clients (own connection and session each), context %u, %.1f s: "
+			   "%" PRIu64 " calls, %" PRIu64 " errors, %.0f calls/s, latency p50 %.1f us "
+			   "p99 %.1f us\n      compute ceiling %.0f calls/s (in-process single caller "
+			   "%.0f calls/s x min(CPUs %u / threads, clients, workers)); ratio %.2f\n",
+			lr->clients, lr->S, lr->wall_s, lr->calls, lr->errors, lr->calls_per_s, lr->p50,
+			lr->p99, lr->ceiling_calls_per_s, lr->local_calls_per_s, lr->cpus,
+			lr->calls_per_s / lr->ceiling_calls_per_s);
+}
+
+static void print_json(FILE *f, const struct ipc_opts *o, const char *backend,
+		       const struct ctx_result *cr, uint32_t n, const struct load_result *lr)
+{
+	fprintf(f, "{\"mode\":\"ipc\",\"geometry\":{\"n_q_heads\":%u,\"n_kv_heads\":%u,\"head_dim\":%u},"
+		   "\"ratio\":%g,\"daemon_backend\":\"%s\",\"backend\":\"%s\",\"threads\":%u,"
+		   "\"target_overhead_p50_us\":%g,\"contexts\":[",
+		N_Q, N_KV, D, o->ratio, backend, o->backend, o->threads, TARGET_US);
+	for (uint32_t i = 0; i < n; i++)
+		fprintf(f, "%s{\"context\":%u,\"reps\":%u,\"r\":%u,\"k\":%u,"
+			   "\"inproc_p50_us\":%.3f,\"inproc_p99_us\":%.3f,\"ipc_p50_us\":%.3f,"
+			   "\"ipc_p99_us\":%.3f,\"overhead_p50_us\":%.3f,\"overhead_p99_us\":%.3f,"
+			   "\"overhead_vs_target\":%.4f,\"ping_p50_us\":%.3f,\"ping_p99_us\":%.3f,"
+			   "\"inproc_calls_per_s\":%.1f,\"ipc_calls_per_s\":%.1f,\"y_identical\":%s}",
+			i ? "," : "", cr[i].S, cr[i].reps, cr[i].r, cr[i].k, cr[i].local_p50,
+			cr[i].local_p99, cr[i].ipc_p50, cr[i].ipc_p99, cr[i].over_p50, cr[i].over_p99,
+			cr[i].over_p50 / TARGET_US, cr[i].ping_p50, cr[i].ping_p99,
+			1e6 / cr[i].local_mean, 1e6 / cr[i].ipc_mean, cr[i].identical ? "true" : "false");
+	fprintf(f, "]");
+	if (lr && lr->clients)
+		fprintf(f, ",\"load\":{\"clients\":%u,\"context\":%u,\"seconds\":%.3f,\"calls\":%" PRIu64
+			   ",\"errors\":%" PRIu64 ",\"calls_per_s\":%.1f,\"p50_us\":%.3f,\"p99_us\":%.3f,"
+			   "\"ceiling_calls_per_s\":%.1f,\"vs_ceiling\":%.4f}",
+			lr->clients, lr->S, lr->wall_s, lr->calls, lr->errors, lr->calls_per_s, lr->p50,
+			lr->p99, lr->ceiling_calls_per_s, lr->calls_per_s / lr->ceiling_calls_per_s);
+	fprintf(f, "}\n");
+}
+
+int bench_ipc_main(int argc, char **argv)
+{
+	struct ipc_opts o;
+	struct sparqd_child dn = { 0 };
+	struct sparq_client *c = NULL;
+	struct ctx_result cr[MAX_CTX];
+	struct load_result lr = { 0 };
+	struct sparq_stats st;
+	const char *socket;
+	uint32_t done = 0;
+	int ret = parse(argc, argv, &o);
+
+	if (ret)
+		return ret == 1 ? 0 : 2;
+	if (o.socket) {
+		socket = o.socket;
+	} else {
+		/* tiers sized for the largest context in each of the load clients and the
+		 * measured session, plus chunk slack */
+		uint32_t maxS = 0;
+		for (uint32_t i = 0; i < o.n_ctx; i++)
+			maxS = o.ctx[i] > maxS ? o.ctx[i] : maxS;
+		uint64_t mib = (((uint64_t)maxS + (uint64_t)o.ctx[0] * o.clients) * N_KV * 4 * D >> 20) + 128;
+		char ram[32], threads[16], workers[16];
+		snprintf(ram, sizeof(ram), "%lluM", (unsigned long long)(mib + mib / 4));
+		snprintf(threads, sizeof(threads), "%u", o.threads);
+		snprintf(workers, sizeof(workers), "%u", o.workers);
+		const char *args[] = { "--backend", o.backend, "--threads", threads, "--workers", workers,
+				       "--ram-bytes", ram, "--nvme-bytes", ram, "--log-level", "warn",
+				       NULL };
+		ret = sparqd_spawn(&dn, PROG, "sparqd-bench", args, 120);
+		if (ret)
+			return 1;
+		socket = dn.socket;
+	}
+	ret = sparq_connect(socket, "sparq-bench-ipc", 0, &c);
+	if (ret) {
+		fprintf(stderr, PROG ": cannot connect to %s: %s\n", socket, strerror(-ret));
+		goto out;
+	}
+	ret = sparq_stats_get(c, &st);
+	if (ret) {
+		fprintf(stderr, PROG ": stats: %s (%s)\n", strerror(-ret), sparq_client_error(c));
+		goto out;
+	}
+	for (; done < o.n_ctx && !ret; done++)
+		ret = run_context(c, &o, o.ctx[done], &cr[done]);
+	if (ret)
+		goto out;
+	if (o.clients) {
+		ret = run_load(&o, socket, o.ctx[0], &cr[0], &lr);
+		if (ret) {
+			fprintf(stderr, PROG ": load run failed: %s\n", strerror(-ret));
+			goto out;
+		}
+	}
+	print_table(o.json ? stderr : stdout, &o, st.backend, st.backend_detail, cr, done, &lr);
+	if (o.json)
+		print_json(stdout, &o, st.backend, cr, done, &lr);
+out:
+	sparq_disconnect(c);
+	if (dn.pid > 0) {
+		int code = sparqd_stop(&dn, PROG, 60);
+		if (code != 0) {
+			fprintf(stderr, PROG ": sparqd exited with %d after SIGTERM, not 0\n", code);
+			ret = ret ? ret : -EIO;
+		}
+	}
+	if (sparqd_cleanup(&dn, PROG) && !ret)
+		ret = -EIO;
+	return ret ? 1 : 0;
+}
