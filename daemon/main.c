@@ -15,7 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* struct sparq_backend.detail: what the opened backend reports about itself */
+#include "backend-impl.h"
 #include "loop.h"
+#include "metrics.h"
 #include "sparqd.h"
 #include "workers.h"
 
@@ -46,16 +49,18 @@ static int write_pid_file(const char *path)
 static int open_backend(struct sparqd *d)
 {
 	struct sparq_backend_config bc = { .n_threads = d->cfg.threads };
-	struct sparq_backend_info info[4];
-	int n = sparq_backend_list(info, 4), ret;
 	const char *name = d->cfg.backend == SD_BACKEND_CUDA ? "cuda" : "cpu";
+	int ret;
 
 	if (d->cfg.backend == SD_BACKEND_AUTO) {
 		ret = sparq_backend_open("cuda", &bc, &d->be);
 		if (!ret) {
 			name = "cuda";
 		} else {
-			const char *detail = "";
+			struct sparq_backend_info info[4];
+			const char *detail = "not listed";
+			int n = sparq_backend_list(info, 4);
+
 			for (int i = 0; i < n && i < 4; i++)
 				if (strcmp(info[i].name, "cuda") == 0)
 					detail = info[i].detail;
@@ -71,9 +76,8 @@ static int open_backend(struct sparqd *d)
 			return ret;
 		}
 	}
-	for (int i = 0; i < n && i < 4; i++)
-		if (strcmp(info[i].name, name) == 0)
-			snprintf(d->backend_detail, sizeof(d->backend_detail), "%s", info[i].detail);
+	/* the opened backend's own description: its thread count, its device */
+	snprintf(d->backend_detail, sizeof(d->backend_detail), "%s", d->be->detail);
 	sd_log(&d->log, SD_LOG_INFO, "backend %s (%s)", name, d->backend_detail);
 	return 0;
 }
@@ -107,6 +111,8 @@ static int open_tiers(struct sparqd *d)
 
 static void teardown(struct sparqd *d)
 {
+	/* first: its thread reads the session table and the tiers */
+	sd_metrics_stop(d->metrics);
 	if (d->pool_started)
 		sd_pool_stop(d);
 	if (d->sessions_ready)
@@ -185,6 +191,13 @@ int main(int argc, char **argv)
 	ret = sd_loop_open(d, &why);
 	if (ret) {
 		sd_log(&d->log, SD_LOG_ERROR, "socket %s: %s (%s)", d->cfg.socket, why, strerror(-ret));
+		ret = 1;
+		goto out;
+	}
+	ret = sd_metrics_start(d, &d->metrics, &why);
+	if (ret) {
+		sd_log(&d->log, SD_LOG_ERROR, "metrics port %u: %s (%s)", d->cfg.metrics_port, why,
+		       strerror(-ret));
 		ret = 1;
 		goto out;
 	}

@@ -504,7 +504,8 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 {
 	struct tier_parked_info *parked = NULL;
 	struct sd_session_info *v = NULL;
-	uint32_t cap = 0, k = 0, n_parked = 0;
+	struct sd_session **open = NULL;
+	uint32_t cap = 0, k = 0, n_parked = 0, n_open = 0;
 	int ret;
 
 	ret = tier_parked_list(t->tm, NULL, 0, &n_parked);
@@ -516,27 +517,40 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 	}
 	if (ret)
 		goto out;
+	/* references under the table lock, details under each session's own lock: the
+	 * table lock is never held while waiting for a session busy with a long attend */
 	pthread_mutex_lock(&t->mu);
 	cap = t->count + n_parked;
 	v = calloc(cap ? cap : 1, sizeof(*v));
-	for (unsigned b = 0; v && b < SD_BUCKETS; b++) {
+	open = calloc(t->count ? t->count : 1, sizeof(*open));
+	for (unsigned b = 0; v && open && b < SD_BUCKETS; b++) {
 		for (struct sd_session *s = t->buckets[b]; s; s = s->next) {
-			if (s->owner_uid != uid)
-				continue;
-			/* lengths and parked state change under the session lock: take it */
-			pthread_mutex_lock(&s->mu);
-			v[k] = (struct sd_session_info){ .id = s->id, .geo = s->geo,
-							 .tokens = sparq_stream_len(s->streams[0]),
-							 .persistent = s->persistent,
-							 .parked = s->parked, .open = true,
-							 .owner_uid = s->owner_uid,
-							 .owner_pid = s->owner_pid };
-			pthread_mutex_unlock(&s->mu);
-			memcpy(v[k].label, s->label, sizeof(v[k].label));
-			k++;
+			if (s->owner_uid == uid) {
+				s->refs++;
+				open[n_open++] = s;
+			}
 		}
 	}
 	pthread_mutex_unlock(&t->mu);
+	for (uint32_t i = 0; i < n_open; i++) {
+		struct sd_session *s = open[i];
+
+		pthread_mutex_lock(&s->mu);
+		v[k] = (struct sd_session_info){ .id = s->id, .geo = s->geo,
+						 .tokens = sparq_stream_len(s->streams[0]),
+						 .persistent = s->persistent, .parked = s->parked,
+						 .open = true, .owner_uid = s->owner_uid,
+						 .owner_pid = s->owner_pid };
+		pthread_mutex_unlock(&s->mu);
+		memcpy(v[k].label, s->label, sizeof(v[k].label));
+		k++;
+		sd_session_put(t, s);
+	}
+	if (!open) {
+		free(v);
+		v = NULL;
+	}
+	free(open);
 	ret = v ? 0 : -ENOMEM;
 	for (uint32_t i = 0; !ret && i < n_parked; i++) {
 		struct sd_meta m;
