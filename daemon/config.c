@@ -45,6 +45,7 @@ static const struct opt opts[] = {
 	{ "pid-file", OPT_PATH, OFF(pid_file), 0, 0, "PATH: written with the pid once the socket accepts" },
 	{ "ready-file", OPT_PATH, OFF(ready_file), 0, 0, "PATH: written (atomically, the pid) once the socket accepts" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "error|warn|info|debug (info)" },
+	{ "metrics-port", OPT_U32, OFF(metrics_port), 0, 65535, "N: Prometheus metrics on 127.0.0.1:N, 0 = off (0)" },
 };
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -312,6 +313,51 @@ static int validate(struct sd_config *cfg, char *why, size_t why_len)
 				   "(%zu bytes); pass --socket", cfg->data_dir, sizeof(cfg->socket) - 1);
 	}
 	return 0;
+}
+
+int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, char *val,
+		    size_t len)
+{
+	static const char *const backends[] = { "auto", "cpu", "cuda" };
+	static const char *const levels[] = { "error", "warn", "info", "debug" };
+	const struct opt *o;
+	const void *f;
+	int n;
+
+	if (i >= N_OPTS)
+		return -ENOENT;
+	o = &opts[i];
+	f = (const char *)cfg + o->off;
+	*key = o->name;
+	switch (o->kind) {
+	case OPT_PATH:
+	case OPT_SOCKET:
+	case OPT_CONFIG:
+		n = snprintf(val, len, "%s", (const char *)f);
+		break;
+	case OPT_MODE:
+		n = snprintf(val, len, "%04o", *(const unsigned *)f);
+		break;
+	case OPT_BACKEND:
+		n = snprintf(val, len, "%s", backends[cfg->backend % 3]);
+		break;
+	case OPT_LEVEL:
+		n = snprintf(val, len, "%s", levels[cfg->log_level & 3]);
+		break;
+	case OPT_U32:
+	case OPT_SIZE32:
+		n = snprintf(val, len, "%u", *(const uint32_t *)f);
+		break;
+	case OPT_SIZE:
+		n = snprintf(val, len, "%llu", (unsigned long long)*(const uint64_t *)f);
+		break;
+	case OPT_FLAG:
+		n = snprintf(val, len, "%s", *(const bool *)f ? "true" : "false");
+		break;
+	default:
+		return -EINVAL;
+	}
+	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 
 int sd_config_parse(int argc, char **argv, struct sd_config *cfg, char *why, size_t why_len)

@@ -34,6 +34,7 @@ struct sd_config {
 	char pid_file[PATH_MAX];         /* "" = none */
 	char ready_file[PATH_MAX];       /* "" = none */
 	enum sd_log_level log_level;
+	uint32_t metrics_port;           /* Prometheus text on 127.0.0.1:N; 0 = off (metrics.h) */
 };
 
 enum sd_config_result {
@@ -47,6 +48,14 @@ enum sd_config_result {
  * -errno of reading the config file (also with a reason).
  */
 int sd_config_parse(int argc, char **argv, struct sd_config *cfg, char *why, size_t why_len);
+
+/*
+ * The i-th setting (0, 1, ... in --help order) as its long option name in *key and its
+ * effective value in val, as a config file would spell it (sizes in bytes, modes in
+ * octal). -ENOENT past the last one, -ENOSPC when val is too small.
+ */
+int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, char *val,
+		    size_t len);
 
 /* Parses "123", "64K", "512M", "2G", "1T" (powers of 1024); -EINVAL otherwise. */
 int sd_config_size(const char *s, uint64_t *out);

@@ -28,6 +28,7 @@ struct result {
 	struct sd_session_info *list;     /* list */
 	uint32_t n_list;
 	bool stats;
+	bool config;                      /* config */
 };
 
 static bool rows_finite(const uint16_t *x, size_t n, enum sparq_dtype dt)
@@ -268,6 +269,9 @@ static int run(struct sparqd *d, struct sd_client *c, const struct sd_req *r, st
 	case SD_OP_STATS:
 		res->stats = r->op == SD_OP_STATS;
 		return 0;
+	case SD_OP_CONFIG:
+		res->config = true;
+		return 0;
 	case SD_OP_CREATE:
 		return sd_session_create(&d->sessions, r, c->uid, c->pid, c->id, &res->created,
 					 &res->why);
@@ -410,6 +414,39 @@ static void reply_stats(struct sparqd *d, struct sd_client *c, uint64_t id)
 	(void)sparq_wire_send(c->sock, &resp.base, NULL, 0);
 }
 
+/* The effective settings, straight from the table config.c parses them with. */
+static int reply_config(struct sparqd *d, struct sd_client *c, uint64_t id)
+{
+	enum { MAX_ENTRIES = 64, VAL_MAX = PATH_MAX };
+	Sparq__V1__Response resp = SPARQ__V1__RESPONSE__INIT;
+	Sparq__V1__ConfigReply cr = SPARQ__V1__CONFIG_REPLY__INIT;
+	Sparq__V1__ConfigEntry ents[MAX_ENTRIES], *ptrs[MAX_ENTRIES];
+	char *vals = malloc((size_t)MAX_ENTRIES * VAL_MAX);
+	const char *key;
+	unsigned n = 0;
+	int ret;
+
+	if (!vals)
+		return -ENOMEM;
+	while (n < MAX_ENTRIES &&
+	       sd_config_entry(&d->cfg, n, &key, vals + (size_t)n * VAL_MAX, VAL_MAX) == 0) {
+		sparq__v1__config_entry__init(&ents[n]);
+		ents[n].key = (char *)key;
+		ents[n].value = vals + (size_t)n * VAL_MAX;
+		ptrs[n] = &ents[n];
+		n++;
+	}
+	cr.n_entries = n;
+	cr.entries = ptrs;
+	cr.server_version = (char *)SPARQ_VERSION_STRING;
+	resp.id = id;
+	resp.body_case = SPARQ__V1__RESPONSE__BODY_CONFIG;
+	resp.config = &cr;
+	ret = sparq_wire_send(c->sock, &resp.base, NULL, 0);
+	free(vals);
+	return ret;
+}
+
 static void reply_socket(struct sparqd *d, struct sd_client *c, const struct sd_req *r,
 			 const struct result *res)
 {
@@ -434,6 +471,11 @@ static void reply_socket(struct sparqd *d, struct sd_client *c, const struct sd_
 	}
 	if (res->stats) {
 		reply_stats(d, c, r->id);
+		return;
+	}
+	if (res->config) {
+		if (reply_config(d, c, r->id) == -ENOMEM)
+			sd_reply_error(c, r->id, -ENOMEM, "out of memory");
 		return;
 	}
 	resp.id = r->id;

@@ -26,6 +26,7 @@ static const char *const op_names[SD_OP_COUNT] = {
 	[SD_OP_DROP] = "drop",     [SD_OP_LIST] = "list",     [SD_OP_STATS] = "stats",
 	[SD_OP_APPEND] = "append", [SD_OP_ATTEND] = "attend", [SD_OP_SELECT] = "select",
 	[SD_OP_GATHER] = "gather", [SD_OP_NOP] = "nop",
+	[SD_OP_CONFIG] = "config",
 };
 
 const char *sd_op_name(enum sd_op op)
@@ -391,6 +392,9 @@ static int decode_pb_body(const struct sd_req_ctx *ctx, struct sd_req *r,
 	case SPARQ__V1__REQUEST__BODY_STATS:
 		r->op = SD_OP_STATS;
 		break;
+	case SPARQ__V1__REQUEST__BODY_CONFIG:
+		r->op = SD_OP_CONFIG;
+		break;
 	case SPARQ__V1__REQUEST__BODY_APPEND:
 		r->op = SD_OP_APPEND;
 		break;
@@ -438,6 +442,7 @@ static int decode_pb_body(const struct sd_req_ctx *ctx, struct sd_req *r,
 		return 0;
 	case SD_OP_LIST:
 	case SD_OP_STATS:
+	case SD_OP_CONFIG:
 		return 0;
 	case SD_OP_APPEND:
 		r->session = m->append->session;

@@ -46,6 +46,7 @@ enum sd_op {
 	SD_OP_SELECT,
 	SD_OP_GATHER,
 	SD_OP_NOP,
+	SD_OP_CONFIG,     /* the effective configuration (control socket only) */
 	SD_OP_COUNT
 };
 

@@ -93,6 +93,7 @@ struct sparqd {
 	uint64_t next_client_id;
 	bool stopping;
 	bool ready_written, pid_written, socket_bound;
+	struct sd_metrics *metrics;   /* metrics.h; NULL when --metrics-port is 0 */
 };
 
 #endif

@@ -252,7 +252,7 @@ static inline void fuzz_check(const struct sd_req *r, int ret, bool hello_done)
 		}
 		break;
 	case SD_OP_CLOSE: case SD_OP_PARK: case SD_OP_RESUME: case SD_OP_DROP:
-	case SD_OP_LIST: case SD_OP_STATS: case SD_OP_NOP:
+	case SD_OP_LIST: case SD_OP_STATS: case SD_OP_NOP: case SD_OP_CONFIG:
 		break;
 	default:
 		fuzz_fail("success with an unknown op", r);
