@@ -432,6 +432,32 @@ int main(void)
 	T_CHECK(sparq_attend(c, 0, NULL, 1, &bad) == -EINVAL, "attend without requests");
 	T_CHECK(sparq_ping(NULL) == -EINVAL, "ping without a handle");
 
+	/* a daemon that stops answering: -ETIMEDOUT within the bound, and once it answers
+	 * again the late completion is consumed before the next request reuses the area */
+	if (!d.external) {
+		struct sparq_client *ct;
+		setenv("SPARQ_CLIENT_TIMEOUT_MS", "zero", 1);
+		T_CHECK(sparq_connect(d.socket, "t", 0, &ct) == -EINVAL, "a bad timeout accepted");
+		setenv("SPARQ_CLIENT_TIMEOUT_MS", "1000", 1);
+		ret = sparq_connect(d.socket, "roundtrip-timeout", 0, &ct);
+		unsetenv("SPARQ_CLIENT_TIMEOUT_MS");
+		T_CHECK(ret == 0, "connect: %d", ret);
+		T_CHECK(kill(d.pid, SIGSTOP) == 0, "SIGSTOP");
+		uint64_t t0 = t_daemon_now_ms();
+		ret = sparq_ping(ct);
+		uint64_t waited = t_daemon_now_ms() - t0;
+		T_CHECK(ret == -ETIMEDOUT && waited >= 950 && waited < 10000,
+			"ping a stopped daemon: %d after %llu ms", ret, (unsigned long long)waited);
+		ret = sparq_session_list(ct, list, 64, &n);
+		T_CHECK(ret == -ETIMEDOUT, "list on a stopped daemon: %d", ret);
+		T_CHECK(kill(d.pid, SIGCONT) == 0, "SIGCONT");
+		ret = sparq_ping(ct);
+		T_CHECK(ret == 0, "ping after the daemon resumed: %d (%s)", ret, sparq_client_error(ct));
+		T_CHECK(sparq_session_list(ct, list, 64, &n) == 0, "list after the daemon resumed: %s",
+			sparq_client_error(ct));
+		sparq_disconnect(ct);
+	}
+
 	/* the daemon dies: calls end with -EPIPE at once, never hang */
 	if (!d.external) {
 		T_CHECK(t_daemon_kill(&d) == 128 + SIGKILL, "kill");
