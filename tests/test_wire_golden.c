@@ -286,6 +286,13 @@ static void check_requests(void)
 		rq.stats = &s;
 		check_message("req_stats", &rq.base);
 	}
+	{
+		Sparq__V1__GetConfig g = SPARQ__V1__GET_CONFIG__INIT;
+		rq.id = 13;
+		rq.body_case = SPARQ__V1__REQUEST__BODY_CONFIG;
+		rq.config = &g;
+		check_message("req_config", &rq.base);
+	}
 }
 
 static void check_responses(void)
@@ -399,6 +406,23 @@ static void check_responses(void)
 		rs.body_case = SPARQ__V1__RESPONSE__BODY_STATS;
 		rs.stats = &s;
 		check_message("resp_stats", &rs.base);
+	}
+	{
+		Sparq__V1__ConfigReply cr = SPARQ__V1__CONFIG_REPLY__INIT;
+		Sparq__V1__ConfigEntry e0 = SPARQ__V1__CONFIG_ENTRY__INIT;
+		Sparq__V1__ConfigEntry e1 = SPARQ__V1__CONFIG_ENTRY__INIT;
+		Sparq__V1__ConfigEntry *es[2] = { &e0, &e1 };
+		e0.key = "backend";
+		e0.value = "cpu";
+		e1.key = "ring-entries";
+		e1.value = "256";
+		cr.n_entries = 2;
+		cr.entries = es;
+		cr.server_version = "0.1.0";
+		rs.id = 13;
+		rs.body_case = SPARQ__V1__RESPONSE__BODY_CONFIG;
+		rs.config = &cr;
+		check_message("resp_config", &rs.base);
 	}
 }
 
@@ -528,6 +552,6 @@ int main(void)
 		fprintf(stderr, "test_wire_golden: %d check(s) failed\n", failures);
 		return 1;
 	}
-	printf("test_wire_golden: 18 messages and 4 shared-memory layouts match\n");
+	printf("test_wire_golden: 20 messages and 4 shared-memory layouts match\n");
 	return 0;
 }

@@ -145,8 +145,9 @@ def gen_request():
     }
     for name, text in texts.items():
         write("request", name, encode(text))
-    # what no encoder writes: an unknown body field, a truncated packet, garbage
-    write("request", "unknown_body", b"\x08\x01\x72\x00")
+    # what no encoder writes: an unknown body field (100), a truncated packet, garbage
+    write("request", "unknown_body", b"\x08\x01\xa2\x06\x00")
+    write("request", "config", encode("id: 3 config { }"))
     write("request", "truncated", encode(texts["attend_two"])[:17])
     write("request", "bad_varint", b"\x08" + b"\xff" * 11)
 
