@@ -52,6 +52,7 @@ struct sparq_client {
 	uint32_t n_sessions, cap_sessions;
 
 	char backend[16];
+	char server_version[32];
 	char error[256];
 	uint8_t rx[65536];          /* one received control packet (SPARQ_WIRE_MAX) */
 };

@@ -215,6 +215,8 @@ static int hello(struct sparq_client *c, const char *name, size_t shm_bytes)
 	c->client_id = resp->hello->client_id;
 	snprintf(c->backend, sizeof(c->backend), "%s",
 		 resp->hello->backend ? resp->hello->backend : "");
+	snprintf(c->server_version, sizeof(c->server_version), "%s",
+		 resp->hello->server_version ? resp->hello->server_version : "");
 out:
 	for (unsigned i = 0; i < 3; i++)
 		if (fds[i] >= 0)
@@ -287,4 +289,9 @@ const char *sparq_client_error(const struct sparq_client *c)
 const char *sparq_client_backend(const struct sparq_client *c)
 {
 	return c ? c->backend : "";
+}
+
+const char *sparq_client_server_version(const struct sparq_client *c)
+{
+	return c ? c->server_version : "";
 }

@@ -77,6 +77,8 @@ struct sparq_session_info {
 	bool persistent, parked, open;
 	uint32_t owner_uid, owner_pid;
 	char label[64];
+	/* tier placement of its records over its open streams (0, 0 when not open) */
+	uint64_t ram_records, nvme_records;
 };
 
 /*
@@ -94,6 +96,8 @@ void sparq_disconnect(struct sparq_client *c);
 const char *sparq_client_error(const struct sparq_client *c);
 /* The backend the daemon attends with ("cpu" or "cuda"). */
 const char *sparq_client_backend(const struct sparq_client *c);
+/* The daemon's version string, as its hello reply gave it. */
+const char *sparq_client_server_version(const struct sparq_client *c);
 
 int sparq_session_create(struct sparq_client *c, const struct sparq_session_opts *opts,
 			 uint64_t *id);
@@ -172,6 +176,16 @@ struct sparq_stats {
 };
 
 int sparq_stats_get(struct sparq_client *c, struct sparq_stats *out);
+
+/* One setting of the daemon's effective configuration (its long option name). */
+struct sparq_config_entry {
+	char key[32];
+	char value[480];        /* longer values end truncated */
+};
+
+/* The daemon's settings, up to max of them; *count receives how many there are. */
+int sparq_config_get(struct sparq_client *c, struct sparq_config_entry *out, uint32_t max,
+		     uint32_t *count);
 
 #ifdef __cplusplus
 }

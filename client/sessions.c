@@ -308,6 +308,8 @@ int sparq_session_list(struct sparq_client *c, struct sparq_session_info *out, u
 		o->owner_uid = si->owner_uid;
 		o->owner_pid = si->owner_pid;
 		snprintf(o->label, sizeof(o->label), "%s", si->label ? si->label : "");
+		o->ram_records = si->ram_records;
+		o->nvme_records = si->nvme_records;
 	}
 	sparq__v1__response__free_unpacked(resp, NULL);
 out:
@@ -364,6 +366,40 @@ int sparq_stats_get(struct sparq_client *c, struct sparq_stats *out)
 	out->checksum_failures = r->checksum_failures;
 	out->read_amplification = r->read_amplification;
 	out->uptime_ns = r->uptime_ns;
+free:
+	sparq__v1__response__free_unpacked(resp, NULL);
+out:
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int sparq_config_get(struct sparq_client *c, struct sparq_config_entry *out, uint32_t max,
+		     uint32_t *count)
+{
+	Sparq__V1__Request req = SPARQ__V1__REQUEST__INIT;
+	Sparq__V1__GetConfig g = SPARQ__V1__GET_CONFIG__INIT;
+	Sparq__V1__Response *resp;
+	int ret;
+
+	if (!c || !count || (max && !out))
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	req.body_case = SPARQ__V1__REQUEST__BODY_CONFIG;
+	req.config = &g;
+	ret = sparq_client_call_locked(c, &req, &resp, NULL, 0, NULL, c->timeout_ms);
+	if (ret)
+		goto out;
+	if (resp->body_case != SPARQ__V1__RESPONSE__BODY_CONFIG) {
+		ret = sparq_client_fail(c, -EPROTO, "the daemon answered config with something else");
+		goto free;
+	}
+	*count = (uint32_t)resp->config->n_entries;
+	for (size_t i = 0; i < resp->config->n_entries && i < max; i++) {
+		const Sparq__V1__ConfigEntry *e = resp->config->entries[i];
+
+		snprintf(out[i].key, sizeof(out[i].key), "%s", e->key ? e->key : "");
+		snprintf(out[i].value, sizeof(out[i].value), "%s", e->value ? e->value : "");
+	}
 free:
 	sparq__v1__response__free_unpacked(resp, NULL);
 out:

@@ -350,6 +350,8 @@ static int reply_list(struct sd_client *c, uint64_t id, const struct result *res
 		infos[i].owner_uid = s->owner_uid;
 		infos[i].owner_pid = s->owner_pid;
 		infos[i].label = (char *)s->label;
+		infos[i].ram_records = s->ram_records;
+		infos[i].nvme_records = s->nvme_records;
 		ptrs[i] = &infos[i];
 	}
 	list.n_sessions = res->n_list;

@@ -541,6 +541,13 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 						 .persistent = s->persistent, .parked = s->parked,
 						 .open = true, .owner_uid = s->owner_uid,
 						 .owner_pid = s->owner_pid };
+		for (uint32_t j = 0; j < s->geo.n_layers * s->geo.n_kv_heads; j++) {
+			uint64_t ram, nvme;
+
+			tier_stream_placement(sparq_stream_records(s->streams[j]), &ram, &nvme);
+			v[k].ram_records += ram;
+			v[k].nvme_records += nvme;
+		}
 		pthread_mutex_unlock(&s->mu);
 		memcpy(v[k].label, s->label, sizeof(v[k].label));
 		k++;

@@ -99,6 +99,7 @@ struct sd_session_info {
 	bool persistent, parked, open;
 	uint32_t owner_uid, owner_pid;
 	char label[SD_LABEL_MAX];
+	uint64_t ram_records, nvme_records;  /* placement of an open session's records */
 };
 /* The uid's sessions, open and parked, in *out (malloc'd, caller frees). */
 int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info **out,

@@ -47,6 +47,8 @@ int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
 			const uint16_t *v, const char **why);
 
 uint32_t sparq_stream_len(const struct sparq_stream *s);
+/* The store stream holding its records (for store-specific queries such as placement). */
+struct sparq_store_stream *sparq_stream_records(const struct sparq_stream *s);
 uint32_t sparq_stream_head_dim(const struct sparq_stream *s);
 enum sparq_dtype sparq_stream_dtype(const struct sparq_stream *s);
 /* K row and V row back to back: 2·d·sizeof(dtype). */

@@ -1363,6 +1363,23 @@ void tier_stream_label(struct sparq_store_stream *s, uint64_t session, uint32_t 
 	pthread_mutex_unlock(&s->m->mu);
 }
 
+void tier_stream_placement(struct sparq_store_stream *s, uint64_t *ram, uint64_t *nvme)
+{
+	*ram = *nvme = 0;
+	pthread_mutex_lock(&s->m->mu);
+	for (uint32_t i = 0; i < s->n_chunks; i++) {
+		const struct chunk *c = s->chunks[i];
+
+		if (!c)
+			continue;
+		if (c->slot != TIER_ARENA_NO_SLOT)
+			*ram += c->filled;
+		else
+			*nvme += c->filled;
+	}
+	pthread_mutex_unlock(&s->m->mu);
+}
+
 void tier_manager_stats(struct tier_manager *m, struct tier_stats *out)
 {
 	pthread_mutex_lock(&m->mu);

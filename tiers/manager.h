@@ -123,6 +123,12 @@ struct tier_stats {
 };
 void tier_manager_stats(struct tier_manager *m, struct tier_stats *out);
 
+/*
+ * Where stream s's records are now: *ram receives how many sit in RAM-resident chunks,
+ * *nvme how many are served from NVMe only (what sparqctl sessions shows).
+ */
+void tier_stream_placement(struct sparq_store_stream *s, uint64_t *ram, uint64_t *nvme);
+
 /* The NVMe engine, for tests that inject faults (tier_nvme_inject). */
 struct tier_nvme *tier_manager_nvme(struct tier_manager *m);
 
