@@ -192,11 +192,11 @@ static void malformed_packets(struct raw_client *c)
 	code = bytes_error(c, overlong, sizeof(overlong), why, sizeof(why));
 	CHECK(code == -EPROTO, "overlong length: %d (%s)", code, why);
 
-	/* a body this daemon does not know (field 14 of the oneof's range) and no body */
-	static const uint8_t unknown[] = { 0x08, 0x05, 0x72, 0x02, 0x08, 0x01 };
+	/* a body this daemon does not know (field 100, far past the oneof) and no body */
+	static const uint8_t unknown[] = { 0x08, 0x05, 0xa2, 0x06, 0x02, 0x08, 0x01 };
 	code = bytes_error(c, unknown, sizeof(unknown), why, sizeof(why));
 	CHECK(code == -EPROTO, "unknown body: %d (%s)", code, why);
-	printf("  %-44s -> %d %s\n", "unknown oneof field 14", code, why);
+	printf("  %-44s -> %d %s\n", "unknown oneof field 100", code, why);
 	static const uint8_t no_body[] = { 0x08, 0x06 };
 	code = bytes_error(c, no_body, sizeof(no_body), why, sizeof(why));
 	CHECK(code == -EPROTO, "no body: %d (%s)", code, why);
