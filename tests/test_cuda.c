@@ -35,7 +35,9 @@ static void make_data(struct data *x, uint32_t S, uint32_t d, uint32_t g, enum s
 	x->q = t_alloc((size_t)g * d * sizeof(float));
 	x->qd = t_alloc((size_t)g * d * sizeof(double));
 	for (size_t i = 0; i < (size_t)S * d; i++) {
-		x->k[i] = t_to_dtype((float)t_normal(&rng) * kscale, dt);
+		/* kscale > 1 asks for keys near the top of bf16 that overflow fp32 logits */
+		x->k[i] = t_to_dtype(kscale > 1.0f ? kscale * (float)(0.5 + t_uniform(&rng))
+						   : (float)t_normal(&rng) * kscale, dt);
 		x->v[i] = t_to_dtype((float)t_normal(&rng), dt);
 		x->kd[i] = t_from_dtype(x->k[i], dt);
 		x->vd[i] = t_from_dtype(x->v[i], dt);
@@ -43,6 +45,8 @@ static void make_data(struct data *x, uint32_t S, uint32_t d, uint32_t g, enum s
 	}
 	for (size_t i = 0; i < (size_t)g * d; i++) {
 		x->q[i] = (float)(t_normal(&rng) * (1.0 + (i % 7)));
+		if (kscale > 1.0f)
+			x->q[i] = fabsf(x->q[i]) + 1.0f; /* no cancellation: Σ q·K ≥ 64·1e38/τ */
 		x->qd[i] = x->q[i];
 	}
 }
