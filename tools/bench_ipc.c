@@ -2,8 +2,11 @@
  * bench_ipc.c — sparq-bench ipc (issue 4, "Benchmark"): the cost of sparqd's IPC on
  * a decode step. For each context length, one layer of llama3-8b (32 query heads on
  * 8 KV heads, d = 128, fp16) is built twice from the same bytes: in a sparqd this
- * run starts (or $SPARQ_TEST_SOCKET-style --socket), through libsparq, and
- * in-process over a heap store with the same backend and thread count. Then, in one
+ * run starts (or a running one, --socket), through libsparq, and in-process with
+ * the same backend and thread count over the daemon's kind of store: a tier manager
+ * with the same RAM and NVMe capacities (--inproc-store heap: the plain heap store,
+ * which reads records in place and so also shows what the tiers' copying gather
+ * costs). The two sides then differ only by the IPC path. Then, in one
  * interleaved loop, each repetition times:
  *   - the batched attend of all 8 KV heads in-process (sparq_backend_attend);
  *   - the same attend through the daemon (sparq_attend: q into the shared area, one
@@ -34,6 +37,7 @@
 #include "bench_util.h"
 #include "half.h"
 #include "libsparq.h"
+#include "manager.h"
 #include "sparq.h"
 #include "sparqd_spawn.h"
 #include "store.h"
@@ -60,6 +64,9 @@ struct ipc_opts {
 	const char *backend;
 	const char *socket;      /* a running daemon instead of our own */
 	bool json;
+	bool heap;               /* in-process over the heap store instead of tiers */
+	uint64_t ram_bytes;      /* tier capacities, the daemon's and in-process */
+	char tiers_dir[64];      /* the in-process tier manager's directory */
 };
 
 struct ctx_result {
@@ -82,6 +89,7 @@ struct load_result {
 /* One layer, in-process and in the daemon, built from the same bytes. */
 struct layer {
 	struct sparq_backend *be;
+	struct tier_manager *tm;     /* in-process store, unless heap */
 	struct sparq_store *st;
 	struct sparq_stream *s[N_KV];
 	struct sparq_client *c;
@@ -106,6 +114,8 @@ static void usage(FILE *f)
 		"  --ratio C        SparQ transfer 1/C (default 8)\n"
 		"  --backend NAME   cpu or cuda, both sides (default cpu)\n"
 		"  --socket PATH    use a running sparqd (its backend and threads should match)\n"
+		"  --inproc-store tiers|heap   the in-process side's record store (default tiers:\n"
+		"                   a tier manager sized like the daemon's; heap reads in place)\n"
 		"  --json           one JSON object on stdout; the table goes to stderr\n"
 		"  The daemon started here is ../daemon/sparqd next to this program, or $SPARQD.\n");
 }
@@ -138,6 +148,7 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 		{ "threads", required_argument, NULL, 't' }, { "workers", required_argument, NULL, 'w' },
 		{ "ratio", required_argument, NULL, 'r' },   { "backend", required_argument, NULL, 'b' },
 		{ "socket", required_argument, NULL, 's' },  { "json", no_argument, NULL, 'j' },
+		{ "inproc-store", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },          { NULL, 0, NULL, 0 },
 	};
 	char *end, *list, *tok, *save;
@@ -202,6 +213,11 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 		case 'j':
 			o->json = true;
 			break;
+		case 'S':
+			if (strcmp(optarg, "tiers") && strcmp(optarg, "heap"))
+				return usage_error("--inproc-store: expected tiers or heap, got", optarg);
+			o->heap = strcmp(optarg, "heap") == 0;
+			break;
 		case 'h':
 			usage(stdout);
 			return 1;
@@ -256,8 +272,12 @@ static void layer_destroy(struct layer *l)
 {
 	for (uint32_t h = 0; h < N_KV; h++)
 		sparq_stream_destroy(l->s[h]);
-	sparq_store_destroy(l->st);
+	if (l->tm)
+		tier_manager_close(l->tm);  /* its store view goes with it */
+	else
+		sparq_store_destroy(l->st);
 	sparq_backend_close(l->be);
+	l->tm = NULL;
 	memset(l->s, 0, sizeof(l->s));
 	l->st = NULL;
 	l->be = NULL;
@@ -305,7 +325,23 @@ static int layer_build(struct layer *l, struct sparq_client *c, const struct ipc
 				strerror(-ret));
 			goto out;
 		}
-		ret = sparq_store_heap_create(1024, 0, &l->st);
+		if (o->heap) {
+			ret = sparq_store_heap_create(1024, 0, &l->st);
+		} else {
+			/* the daemon's configuration (daemon/main.c open_tiers) at our sizes */
+			struct tier_manager_config tc;
+			tier_manager_defaults(&tc);
+			tc.dir = o->tiers_dir;
+			tc.ram_bytes = o->ram_bytes;
+			tc.nvme_bytes = o->ram_bytes;
+			ret = tier_manager_open(&tc, &l->tm, &why);
+			if (ret) {
+				fprintf(stderr, PROG ": in-process tier manager in %s: %s (%s)\n",
+					o->tiers_dir, strerror(-ret), why);
+				goto out;
+			}
+			l->st = tier_manager_store(l->tm);
+		}
 		for (uint32_t h = 0; h < N_KV && !ret; h++)
 			ret = sparq_stream_create(l->be, l->st, D, SPARQ_DTYPE_F16, &l->s[h], &why);
 		if (ret) {
@@ -586,9 +622,10 @@ static void print_table(FILE *f, const struct ipc_opts *o, const char *backend,
 {
 	fprintf(f, "\nsparq-bench ipc: llama3-8b layer (32 q heads on 8 KV heads, d 128, fp16), "
 		   "SparQ ratio 1/%g, one batched attend of 8 KV heads per call\n", o->ratio);
-	fprintf(f, "daemon backend %s (it reports: %s); %s backend threads: %u on both sides%s\n",
-		backend, detail, o->backend, o->threads,
-		o->socket ? " (the running daemon's own setting applies to it)" : "");
+	fprintf(f, "daemon backend %s (it reports: %s); %s backend threads: %u on both sides%s; "
+		   "in-process store: %s\n", backend, detail, o->backend, o->threads,
+		o->socket ? " (the running daemon's own setting applies to it)" : "",
+		o->heap ? "heap (records read in place)" : "tier manager like the daemon's");
 	fprintf(f, "\n%8s %6s %5s %5s | %17s | %17s | %17s | %9s %7s | %15s | %s\n", "context",
 		"reps", "r", "k", "in-process p50/99", "via daemon p50/99", "overhead p50/p99",
 		"target", "ratio", "ping p50/p99", "y identical");
@@ -617,8 +654,10 @@ static void print_json(FILE *f, const struct ipc_opts *o, const char *backend,
 {
 	fprintf(f, "{\"mode\":\"ipc\",\"geometry\":{\"n_q_heads\":%u,\"n_kv_heads\":%u,\"head_dim\":%u},"
 		   "\"ratio\":%g,\"daemon_backend\":\"%s\",\"backend\":\"%s\",\"threads\":%u,"
+		   "\"inproc_store\":\"%s\","
 		   "\"target_overhead_p50_us\":%g,\"contexts\":[",
-		N_Q, N_KV, D, o->ratio, backend, o->backend, o->threads, TARGET_US);
+		N_Q, N_KV, D, o->ratio, backend, o->backend, o->threads, o->heap ? "heap" : "tiers",
+		TARGET_US);
 	for (uint32_t i = 0; i < n; i++)
 		fprintf(f, "%s{\"context\":%u,\"reps\":%u,\"r\":%u,\"k\":%u,"
 			   "\"inproc_p50_us\":%.3f,\"inproc_p99_us\":%.3f,\"ipc_p50_us\":%.3f,"
@@ -653,17 +692,19 @@ int bench_ipc_main(int argc, char **argv)
 
 	if (ret)
 		return ret == 1 ? 0 : 2;
+	/* tiers sized for the largest context plus each load client's session, with
+	 * chunk slack: the daemon's and the in-process manager's alike */
+	uint32_t maxS = 0;
+	for (uint32_t i = 0; i < o.n_ctx; i++)
+		maxS = o.ctx[i] > maxS ? o.ctx[i] : maxS;
+	uint64_t mib = (((uint64_t)maxS + (uint64_t)o.ctx[0] * o.clients) * N_KV * 4 * D >> 20) + 128;
+	mib += mib / 4;
+	o.ram_bytes = mib << 20;
 	if (o.socket) {
 		socket = o.socket;
 	} else {
-		/* tiers sized for the largest context in each of the load clients and the
-		 * measured session, plus chunk slack */
-		uint32_t maxS = 0;
-		for (uint32_t i = 0; i < o.n_ctx; i++)
-			maxS = o.ctx[i] > maxS ? o.ctx[i] : maxS;
-		uint64_t mib = (((uint64_t)maxS + (uint64_t)o.ctx[0] * o.clients) * N_KV * 4 * D >> 20) + 128;
 		char ram[32], threads[16], workers[16];
-		snprintf(ram, sizeof(ram), "%lluM", (unsigned long long)(mib + mib / 4));
+		snprintf(ram, sizeof(ram), "%lluM", (unsigned long long)mib);
 		snprintf(threads, sizeof(threads), "%u", o.threads);
 		snprintf(workers, sizeof(workers), "%u", o.workers);
 		const char *args[] = { "--backend", o.backend, "--threads", threads, "--workers", workers,
@@ -673,6 +714,15 @@ int bench_ipc_main(int argc, char **argv)
 		if (ret)
 			return 1;
 		socket = dn.socket;
+	}
+	if (!o.heap) {
+		snprintf(o.tiers_dir, sizeof(o.tiers_dir), "sparqd-inproc-XXXXXX");
+		if (!mkdtemp(o.tiers_dir)) {
+			fprintf(stderr, PROG ": cannot create a directory here: %s\n", strerror(errno));
+			o.tiers_dir[0] = '\0';
+			ret = -errno;
+			goto out;
+		}
 	}
 	ret = sparq_connect(socket, "sparq-bench-ipc", 0, &c);
 	if (ret) {
@@ -708,6 +758,8 @@ out:
 		}
 	}
 	if (sparqd_cleanup(&dn, PROG) && !ret)
+		ret = -EIO;
+	if (o.tiers_dir[0] && sparqd_remove_dir(o.tiers_dir, PROG) && !ret)
 		ret = -EIO;
 	return ret ? 1 : 0;
 }

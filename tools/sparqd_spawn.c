@@ -59,6 +59,15 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 	return remove(path) ? -1 : 0;
 }
 
+int sparqd_remove_dir(const char *dir, const char *tool)
+{
+	if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS)) {
+		fprintf(stderr, "%s: could not remove %s: %s\n", tool, dir, strerror(errno));
+		return -EIO;
+	}
+	return 0;
+}
+
 int sparqd_stop(struct sparqd_child *d, const char *tool, int stop_s)
 {
 	int status = 0;
@@ -87,10 +96,8 @@ int sparqd_cleanup(struct sparqd_child *d, const char *tool)
 
 	if (d->pid > 0)
 		sparqd_stop(d, tool, 30);
-	if (d->dir[0] && nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS)) {
-		fprintf(stderr, "%s: could not remove %s: %s\n", tool, d->dir, strerror(errno));
-		ret = -EIO;
-	}
+	if (d->dir[0])
+		ret = sparqd_remove_dir(d->dir, tool);
 	d->dir[0] = '\0';
 	return ret;
 }

@@ -35,6 +35,9 @@ int sparqd_spawn(struct sparqd_child *d, const char *tool, const char *prefix,
 /* SIGTERM, up to stop_s seconds, then SIGKILL; the exit code, 128 + signal, -1 if none. */
 int sparqd_stop(struct sparqd_child *d, const char *tool, int stop_s);
 
+/* Removes a directory tree this tool made; -EIO (said on stderr) if that fails. */
+int sparqd_remove_dir(const char *dir, const char *tool);
+
 /* Stops it if it still runs (SIGTERM) and removes its directory; -EIO if that fails. */
 int sparqd_cleanup(struct sparqd_child *d, const char *tool);
 
