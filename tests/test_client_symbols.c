@@ -21,7 +21,7 @@ static const char *const exported[] = {
 	"sparq_connect", "sparq_disconnect", "sparq_client_error", "sparq_client_backend",
 	"sparq_session_create", "sparq_session_close", "sparq_session_park",
 	"sparq_session_resume", "sparq_session_drop", "sparq_session_list", "sparq_append",
-	"sparq_attend", "sparq_select", "sparq_gather", "sparq_ping", "sparq_stats_get",
+	"sparq_attend", "sparq_select", "sparq_gather", "sparq_ping", "sparq_stats_get", "sparq_config_get", "sparq_client_server_version",
 };
 
 static const char *const hidden[] = {
