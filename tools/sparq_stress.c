@@ -201,7 +201,8 @@ static void record(struct client *cl, enum op op, const struct session *s, uint6
 	cl->log[cl->n_log++] = (struct sample){
 		.t_ns = t_start - cl->run->t0, .lat_ns_lo = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat,
 		.op = (uint8_t)op,
-		.tier = (uint8_t)(s && atomic_load(&s->on_nvme) ? TIER_NVME : TIER_RAM) };
+		/* no session: a churn's park of them all, which writes to NVMe */
+		.tier = (uint8_t)(!s || atomic_load(&s->on_nvme) ? TIER_NVME : TIER_RAM) };
 	atomic_fetch_add(&cl->run->ops_done, 1);
 }
 
