@@ -4,7 +4,8 @@
  * a second daemon on the same socket is refused while the first answers; a stale
  * socket (nobody listening) is replaced and a path that is not a socket is not;
  * SIGTERM and SIGINT end in exit 0 with the socket, the ready and the pid files gone,
- * after the requests already received were answered.
+ * after the requests already received were answered; a client beyond --max-clients
+ * is refused with a logged reason and a freed slot serves again.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -183,6 +184,29 @@ int main(void)
 	kill(d.pid, SIGINT);
 	T_CHECK(t_daemon_wait(&d, T_DAEMON_STOP_S * 1000u) == 0, "SIGINT: not exit 0");
 	T_CHECK(!exists(d.socket), "socket left after SIGINT");
+
+	/* --max-clients: one more is refused with a reason, a freed slot serves again */
+	t_daemon_start(&d, d.dir, (const char *const[]){ "--max-clients", "1", NULL });
+	{
+		struct sparq_client *second = NULL;
+
+		c = connect_or_die(&d);
+		ret = sparq_connect(d.socket, "one too many", 0, &second);
+		T_CHECK(ret < 0 && !second, "a client beyond --max-clients 1 connected (%d)", ret);
+		T_CHECK(log_has(&d, "--max-clients"), "the refusal is not logged");
+		T_CHECK(sparq_ping(c) == 0, "the admitted client stopped being served");
+		sparq_disconnect(c);
+		for (int i = 0; i < 500; i++) {
+			/* the departure is retired asynchronously: retry until its slot is free */
+			ret = sparq_connect(d.socket, "after", 0, &second);
+			if (ret == 0)
+				break;
+			t_daemon_sleep_ms(10);
+		}
+		T_CHECK(ret == 0 && sparq_ping(second) == 0, "no slot after a client left: %d", ret);
+		sparq_disconnect(second);
+	}
+	T_CHECK(t_daemon_stop(&d) == 0, "stop after the max-clients check");
 
 	/* a path that is not a socket is never removed */
 	snprintf(sock2, sizeof(sock2), "%s/not-a-socket", d.dir);
