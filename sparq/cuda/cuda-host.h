@@ -61,6 +61,7 @@ struct cu_ctx {
 	uint32_t n_regions;
 	uint32_t n_slices;          /* slices alive */
 	uint32_t n_fallback;        /* of those, served by the CPU backend */
+	bool kernels_v1;            /* SPARQ_CUDA_KERNELS=v1 at open: the first kernels */
 	char err[192];
 };
 

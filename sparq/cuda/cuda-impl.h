@@ -61,7 +61,38 @@ struct sparq_cu_item {
 	uint8_t dense;           /* every visible position is selected: no scoring */
 	uint8_t per_head;        /* α needs per-head logits (blend on, not dense) */
 	uint8_t pad[2];
+	/* v2 kernels only (SPARQ_CUDA_KERNELS unset; v1 ignores them) */
+	const uint32_t *seg_pos; /* [n_seg + 1] first position of each record run, then S;
+				  * NULL: rows holds the records (staged) */
+	const uint64_t *seg_addr;/* [n_seg] device address of each run's first record */
+	uint32_t n_seg;
+	uint32_t ex_rows;        /* selected rows per exact-step block */
+	float *ex_acc;           /* [sel_cap / ex_rows rounded up][g][d] partial Σ p·V */
+	float *ex_ml;            /* [same][g][2] partial (max, Σ p) */
+	uint32_t *sel_hist;      /* [4][256] radix histograms, zeroed before the call */
+	uint32_t *sel_state;     /* [4] prefix, mask, keys still to take; zeroed likewise */
+	uint32_t *sel_cnt;       /* [n_sel_chunks][2] per chunk: rows surely taken, ties */
+	uint32_t *sel_off;       /* [n_sel_chunks][2] per chunk: first output, ties before */
+	uint32_t n_sel_chunks;   /* ceil(S / SPARQ_CU_SEL_CHUNK) */
+	uint32_t pad2;
 };
+
+/* Positions per block of the v2 select kernels. */
+#define SPARQ_CU_SEL_CHUNK 2048u
+/* Shared memory for the records of one v2 exact-step block, and for its g × rows logits. */
+#define SPARQ_CU_EX_BYTES (32u << 10)
+#define SPARQ_CU_EX_ROWS_MAX 64u
+#define SPARQ_CU_EX_LOGITS 2048u
+
+/* Selected rows per v2 exact-step block for records of rec_bytes and g heads. */
+static inline uint32_t sparq_cu_ex_rows(uint32_t rec_bytes, uint32_t g)
+{
+	uint32_t n = SPARQ_CU_EX_BYTES / rec_bytes;
+
+	if (n > SPARQ_CU_EX_LOGITS / g)
+		n = SPARQ_CU_EX_LOGITS / g;
+	return n > SPARQ_CU_EX_ROWS_MAX ? SPARQ_CU_EX_ROWS_MAX : n ? n : 1u;
+}
 
 #define SPARQ_CU_OVERFLOW 1u
 
@@ -100,6 +131,22 @@ cudaError_t sparq_cu_launch_gather(cudaStream_t st, const struct sparq_cu_copy *
 				   uint32_t n);
 cudaError_t sparq_cu_launch_exact(cudaStream_t st, const struct sparq_cu_item *items,
 				  uint32_t n_items, uint32_t g_max, uint32_t d_max);
+/*
+ * v2 (the default): select over many blocks per item (radix histograms per chunk of
+ * SPARQ_CU_SEL_CHUNK positions, then an ordered compaction with per-chunk offsets),
+ * same rows and order as sparq_cu_launch_select. sel_chunks_max: the most chunks of
+ * any item.
+ */
+cudaError_t sparq_cu_launch_select2(cudaStream_t st, const struct sparq_cu_item *items,
+				    uint32_t n_items, uint32_t sel_chunks_max);
+/*
+ * v2 exact step: blocks over (item, ex_rows selected rows) read the records in place
+ * (seg_pos/seg_addr: mapped host memory) or from rows (staged), write per-block
+ * softmax partials, and a merge kernel combines them and blends with v̄.
+ * ex_chunks_max: the most blocks of any item (sel_cap / ex_rows rounded up).
+ */
+cudaError_t sparq_cu_launch_exact2(cudaStream_t st, const struct sparq_cu_item *items,
+				   uint32_t n_items, uint32_t ex_chunks_max, uint32_t g_max);
 /*
  * Writes n rows [n][d] (src, device) into a page as columns col..col+n-1 of [d][pitch]
  * (the decode append: one column per stream, nothing else rewritten).

@@ -17,6 +17,14 @@
  *
  * Per-call buffers (one pinned host buffer, one device buffer) grow on demand and
  * are reused; calls on one backend are serialized.
+ *
+ * Two generations of the GPU path (PERF.md): v2, the default, selects over many blocks
+ * per item and runs the exact step flash-decoding style with the zero-copy gather
+ * fused into it: the kernel finds each selected record's address from a table of the
+ * store's record runs, so region stores need no host round trip between selection
+ * and the exact step, and the call ends in its only synchronization. v1, the first
+ * kernels, stays behind SPARQ_CUDA_KERNELS=v1 so that a failure of v2 on a device can
+ * be told apart from one of everything else.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,6 +49,17 @@ struct plan {
 	bool dense, per_head;
 	size_t o_q, o_mask, o_comp, o_sel, o_alpha, o_info, o_vbar, o_y, o_rows;
 	size_t o_qc, o_z, o_zsum, o_part, o_zmax, o_zden;
+	/* v2 */
+	uint32_t n_seg, ex_rows, ex_chunks, sel_chunks;
+	size_t o_seg_pos, o_seg_addr, o_sel_hist, o_sel_cnt, o_sel_off, o_ex_acc, o_ex_ml;
+};
+
+/* v2 sections: inputs [0, in_end), outputs [out, out_end), staged rows to host_bytes
+ * (all mirrored on the host), then scratch zeroed per call [scr, scr_end), then the
+ * device-only rest. */
+struct layout2 {
+	size_t items, tiles, in_end, out, out_end, rows_b, host_bytes, scr, scr_end, dev_bytes;
+	uint32_t n_tiles, g_max, sel_chunks_max, ex_chunks_max;
 };
 
 /* Byte offsets of a call's sections; host mirrors [0, host_bytes) of the device's. */
@@ -68,9 +87,10 @@ int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what)
 void cu_update_detail(struct cu_ctx *cx)
 {
 	snprintf(cx->pub.detail, sizeof(cx->pub.detail),
-		 "%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (no room)",
+		 "%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (no room)%s",
 		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
-		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices);
+		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices,
+		 cx->kernels_v1 ? "; kernels v1" : "");
 }
 
 static bool masked(const uint64_t *ex, uint32_t j)
@@ -488,7 +508,7 @@ static uint64_t elapsed_ns(cudaEvent_t a, cudaEvent_t z)
 	return (uint64_t)((double)ms * 1e6);
 }
 
-static int attend_gpu(struct cu_ctx *cx, struct sparq_attend_batch *b, struct plan *pl, uint32_t n)
+static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct plan *pl, uint32_t n)
 {
 	struct layout L;
 	uint32_t n_copies = 0;
@@ -616,6 +636,372 @@ out:
 	return ret;
 }
 
+/* ---- v2 ---- */
+
+/*
+ * The record runs of a zero-copy item, from position 0 to S: each run's first position
+ * and its device address (when seg_pos is given: at most the p->n_seg of the counting
+ * walk fit; else only counted into p->n_seg).
+ */
+static int walk_runs(struct plan *p, uint32_t *seg_pos, uint64_t *seg_addr)
+{
+	const uint32_t cap = seg_pos ? p->n_seg : UINT32_MAX;
+	struct sparq_store *st = p->store;
+	struct sparq_store_stream *rs = sparq_stream_records(p->it->stream);
+	const struct cu_region *rg = p->region;
+	uint32_t n = 0;
+
+	for (uint32_t pos = 0; pos < p->S;) {
+		uint32_t run = 0;
+		const uint8_t *a = st->ops->addr(st->ctx, rs, pos, &run);
+
+		if (!a || run == 0)
+			return -ERANGE;
+		if (run > p->S - pos)
+			run = p->S - pos;
+		if (a < rg->base || (size_t)(a - rg->base) > rg->bytes ||
+		    (size_t)run * p->rec_bytes > rg->bytes - (size_t)(a - rg->base))
+			return -EFAULT;
+		if (n == cap)
+			return -ERANGE; /* the runs changed since they were counted */
+		if (seg_pos) {
+			seg_pos[n] = pos;
+			seg_addr[n] = (uint64_t)(uintptr_t)(rg->dev + (a - rg->base));
+		}
+		n++;
+		pos += run;
+	}
+	if (seg_pos)
+		seg_pos[n] = p->S;
+	p->n_seg = n;
+	return 0;
+}
+
+static void layout_call2(struct plan *pl, uint32_t n, bool full, struct layout2 *L)
+{
+	size_t off = 0;
+
+	memset(L, 0, sizeof(*L));
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->sel_chunks = (p->S + SPARQ_CU_SEL_CHUNK - 1) / SPARQ_CU_SEL_CHUNK;
+		p->ex_rows = sparq_cu_ex_rows(p->rec_bytes, p->g);
+		p->ex_chunks = full ? (p->sel_cap + p->ex_rows - 1) / p->ex_rows : 0;
+		L->n_tiles += p->n_tiles;
+		L->g_max = p->g > L->g_max ? p->g : L->g_max;
+		if (p->sel_chunks > L->sel_chunks_max)
+			L->sel_chunks_max = p->sel_chunks;
+		if (p->ex_chunks > L->ex_chunks_max)
+			L->ex_chunks_max = p->ex_chunks;
+	}
+	L->items = off;
+	off = al(off + n * sizeof(struct sparq_cu_item));
+	L->tiles = off;
+	off = al(off + L->n_tiles * sizeof(struct sparq_cu_tile));
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->o_q = off;
+		off = al(off + (size_t)p->g * p->d * sizeof(float));
+		p->o_mask = off;
+		if (p->it->exclude)
+			off = al(off + (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
+		p->o_vbar = off;
+		off = al(off + (size_t)p->d * sizeof(float));
+		if (full && p->region) {
+			p->o_seg_pos = off;
+			off = al(off + ((size_t)p->n_seg + 1) * sizeof(uint32_t));
+			p->o_seg_addr = off;
+			off = al(off + (size_t)p->n_seg * sizeof(uint64_t));
+		}
+	}
+	L->in_end = off;
+	L->out = off;
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->o_comp = off;
+		off = al(off + (size_t)p->r * sizeof(uint32_t));
+		p->o_sel = off;
+		off = al(off + (size_t)p->sel_cap * sizeof(uint32_t));
+		p->o_alpha = off;
+		off = al(off + (size_t)p->g * sizeof(float));
+		p->o_info = off;
+		off = al(off + 2 * sizeof(uint32_t));
+		p->o_y = off;
+		off = al(off + (size_t)p->g * p->d * sizeof(float));
+	}
+	L->out_end = off;
+	L->rows_b = off;
+	for (uint32_t i = 0; i < n; i++) {
+		if (!full || pl[i].region)
+			continue;
+		pl[i].o_rows = off;
+		off = al(off + (size_t)pl[i].sel_cap * pl[i].rec_bytes);
+	}
+	L->host_bytes = off;
+	L->scr = off;
+	for (uint32_t i = 0; i < n; i++) {
+		pl[i].o_sel_hist = off;  /* then the 4 words of sel_state */
+		off = al(off + (4 * 256 + 4) * sizeof(uint32_t));
+	}
+	L->scr_end = off;
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->o_sel_cnt = off;
+		off = al(off + (size_t)p->sel_chunks * 2 * sizeof(uint32_t));
+		p->o_sel_off = off;
+		off = al(off + (size_t)p->sel_chunks * 2 * sizeof(uint32_t));
+		if (full) {
+			p->o_ex_acc = off;
+			off = al(off + (size_t)p->ex_chunks * p->g * p->d * sizeof(float));
+			p->o_ex_ml = off;
+			off = al(off + (size_t)p->ex_chunks * p->g * 2 * sizeof(float));
+		}
+		if (p->dense)
+			continue;
+		p->o_qc = off;
+		off = al(off + (size_t)p->g * p->r * sizeof(float));
+		p->o_zsum = off;
+		off = al(off + (size_t)p->S * sizeof(float));
+		if (p->per_head) {
+			p->o_z = off;
+			off = al(off + (size_t)p->g * p->S * sizeof(float));
+			p->o_part = off;
+			off = al(off + (size_t)p->n_tiles * p->g * 2 * sizeof(float));
+			p->o_zmax = off;
+			off = al(off + (size_t)p->g * sizeof(float));
+			p->o_zden = off;
+			off = al(off + (size_t)p->g * sizeof(double));
+		}
+	}
+	L->dev_bytes = off;
+}
+
+static int ensure_buffers2(struct cu_ctx *cx, const struct layout2 *L)
+{
+	struct layout l1 = { .host_bytes = L->host_bytes, .dev_bytes = L->dev_bytes };
+
+	return ensure_buffers(cx, &l1);
+}
+
+/* Tables, queries, masks, run tables and (full mode, blend on) v̄ in the host mirror. */
+static int fill_inputs2(struct cu_ctx *cx, struct plan *pl, uint32_t n, bool full,
+			const struct layout2 *L, struct sparq_attend_batch *b)
+{
+	struct sparq_cu_item *items = (struct sparq_cu_item *)(cx->h_buf + L->items);
+	struct sparq_cu_tile *tiles = (struct sparq_cu_tile *)(cx->h_buf + L->tiles);
+	uint8_t *D = cx->d_buf, *H = cx->h_buf;
+	uint32_t t = 0;
+	int ret;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		struct sparq_attend_item *it = p->it;
+		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(it->stream));
+		const bool zc = full && p->region;
+
+		items[i] = (struct sparq_cu_item){
+			.q = (const float *)(D + p->o_q),
+			.mask = it->exclude ? (const uint64_t *)(D + p->o_mask) : NULL,
+			.vbar = (const float *)(D + p->o_vbar),
+			.rows = full && !p->region ? D + p->o_rows : NULL,
+			.qc = p->dense ? NULL : (float *)(D + p->o_qc),
+			.z = p->per_head ? (float *)(D + p->o_z) : NULL,
+			.zsum = p->dense ? NULL : (float *)(D + p->o_zsum),
+			.part = p->per_head ? (float *)(D + p->o_part) : NULL,
+			.zmax = p->per_head ? (float *)(D + p->o_zmax) : NULL,
+			.zden = p->per_head ? (double *)(D + p->o_zden) : NULL,
+			.comp = (uint32_t *)(D + p->o_comp),
+			.sel = (uint32_t *)(D + p->o_sel),
+			.alpha = (float *)(D + p->o_alpha),
+			.info = (uint32_t *)(D + p->o_info),
+			.y = (float *)(D + p->o_y),
+			.S = p->S, .d = p->d, .g = p->g, .r = p->r, .m = p->m,
+			.w_start = p->w_start, .sel_cap = p->sel_cap,
+			.dtype = (uint32_t)sparq_stream_dtype(it->stream),
+			.rec_bytes = p->rec_bytes, .n_tiles = p->n_tiles,
+			.dense = p->dense, .per_head = p->per_head,
+			.seg_pos = zc ? (const uint32_t *)(D + p->o_seg_pos) : NULL,
+			.seg_addr = zc ? (const uint64_t *)(D + p->o_seg_addr) : NULL,
+			.n_seg = zc ? p->n_seg : 0,
+			.ex_rows = p->ex_rows,
+			.ex_acc = full ? (float *)(D + p->o_ex_acc) : NULL,
+			.ex_ml = full ? (float *)(D + p->o_ex_ml) : NULL,
+			.sel_hist = (uint32_t *)(D + p->o_sel_hist),
+			.sel_state = (uint32_t *)(D + p->o_sel_hist) + 4 * 256,
+			.sel_cnt = (uint32_t *)(D + p->o_sel_cnt),
+			.sel_off = (uint32_t *)(D + p->o_sel_off),
+			.n_sel_chunks = p->sel_chunks,
+		};
+		memcpy(H + p->o_q, it->q, (size_t)p->g * p->d * sizeof(float));
+		if (it->exclude)
+			memcpy(H + p->o_mask, it->exclude, (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
+		for (uint32_t k = 0; k < p->n_tiles; k++) {
+			uint32_t pos = k * SPARQ_CU_TILE;
+			tiles[t++] = (struct sparq_cu_tile){
+				.kt = cs->pages[pos / cs->per_page], .pitch = cs->per_page,
+				.col = pos % cs->per_page, .pos = pos, .item = i, .t = k,
+			};
+		}
+		if (zc) {
+			ret = walk_runs(p, (uint32_t *)(H + p->o_seg_pos), (uint64_t *)(H + p->o_seg_addr));
+			if (ret) {
+				b->bad_item = (int32_t)p->index;
+				b->why = ret == -EFAULT ? "record outside the store's registered region"
+							: "record store has no such position";
+				return ret;
+			}
+			items[i].n_seg = p->n_seg;
+		}
+		/* v̄ before the kernels run: α is not known yet, so every blended item */
+		if (full && p->per_head) {
+			ret = visible_mean(p, (float *)(H + p->o_vbar));
+			if (ret) {
+				b->bad_item = (int32_t)p->index;
+				b->why = "record store read failed (masked rows for the mean)";
+				return ret;
+			}
+		}
+	}
+	return 0;
+}
+
+/* The kernels' verdict per item (host mirror of the outputs): overflow, row count. */
+static int check_info2(struct cu_ctx *cx, struct plan *pl, uint32_t n,
+		       struct sparq_attend_batch *b)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		const uint32_t *info = (const uint32_t *)(cx->h_buf + p->o_info);
+
+		if (info[1] & SPARQ_CU_OVERFLOW) {
+			b->bad_item = (int32_t)p->index;
+			b->why = "approximate logits overflow fp32 (keys or queries too large)";
+			return -ERANGE;
+		}
+		if (info[0] != (p->dense ? p->n_vis : p->it->used.k)) {
+			/* the kernels select min(k, visible) rows by construction */
+			b->bad_item = (int32_t)p->index;
+			b->why = "CUDA: selection kernel returned a wrong row count";
+			return -EIO;
+		}
+		p->it->n_sel = info[0];
+	}
+	return 0;
+}
+
+static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct plan *pl,
+			 uint32_t n)
+{
+	const bool full = b->mode != SPARQ_ATTEND_SELECT;
+	struct layout2 L;
+	bool staged = false;
+	uint64_t t0 = now_ns(), host_ns;
+	int ret = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		p->region = region_for(cx, p->store);
+		staged |= full && !p->region;
+		if (full && p->region) {
+			ret = walk_runs(p, NULL, NULL);
+			if (ret) {
+				b->bad_item = (int32_t)p->index;
+				b->why = ret == -EFAULT ? "record outside the store's registered region"
+							: "record store has no such position";
+				return ret;
+			}
+		}
+	}
+	layout_call2(pl, n, full, &L);
+	ret = ensure_buffers2(cx, &L);
+	if (ret) {
+		b->why = cx->err;
+		return ret;
+	}
+	ret = fill_inputs2(cx, pl, n, full, &L, b);
+	if (ret)
+		return ret;
+	host_ns = now_ns() - t0;
+
+	const struct sparq_cu_item *items = (const struct sparq_cu_item *)(cx->d_buf + L.items);
+	const struct sparq_cu_tile *tiles = (const struct sparq_cu_tile *)(cx->d_buf + L.tiles);
+	cudaStream_t st = cx->st;
+
+	CK(cudaEventRecord(cx->ev[0], st), "event");
+	CK(cudaMemcpyAsync(cx->d_buf, cx->h_buf, L.in_end, cudaMemcpyHostToDevice, st),
+	   "upload of queries and tables");
+	CK(cudaMemsetAsync(cx->d_buf + L.out, 0, L.out_end - L.out, st), "clear outputs");
+	CK(cudaMemsetAsync(cx->d_buf + L.scr, 0, L.scr_end - L.scr, st), "clear select scratch");
+	CK(sparq_cu_launch_comp(st, items, n), "components kernel launch");
+	CK(sparq_cu_launch_score(st, items, tiles, L.n_tiles, L.g_max), "score kernel launch");
+	CK(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
+	CK(cudaEventRecord(cx->ev[1], st), "event");
+	CK(sparq_cu_launch_select2(st, items, n, L.sel_chunks_max), "select kernels launch");
+	CK(sparq_cu_launch_alpha(st, items, n), "alpha kernel launch");
+	CK(cudaEventRecord(cx->ev[2], st), "event");
+	if (staged) {
+		/* the store copies the selected records: the host needs the selection first */
+		CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
+				   cudaMemcpyDeviceToHost, st), "download of the selection");
+		CK(cudaStreamSynchronize(st), "scoring and selection kernels");
+		ret = check_info2(cx, pl, n, b);
+		if (ret)
+			goto out;
+		uint64_t t1 = now_ns();
+		ret = fetch_staged(cx, pl, n, b);
+		if (ret)
+			goto out;
+		host_ns += now_ns() - t1;
+		CK(cudaMemcpyAsync(cx->d_buf + L.rows_b, cx->h_buf + L.rows_b,
+				   L.host_bytes - L.rows_b, cudaMemcpyHostToDevice, st),
+		   "upload of staged records");
+	}
+	CK(cudaEventRecord(cx->ev[3], st), "event");
+	if (full)
+		CK(sparq_cu_launch_exact2(st, items, n, L.ex_chunks_max, L.g_max),
+		   "exact kernels launch");
+	CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
+			   cudaMemcpyDeviceToHost, st), "download of the outputs");
+	CK(cudaEventRecord(cx->ev[4], st), "event");
+	CK(cudaStreamSynchronize(st), "attention kernels");
+	ret = check_info2(cx, pl, n, b);
+	if (ret)
+		goto out;
+	b->stats.score_ns += elapsed_ns(cx->ev[0], cx->ev[1]);
+	b->stats.select_ns += elapsed_ns(cx->ev[1], cx->ev[2]);
+	/* zero-copy items read their records inside the exact step: gather is host work
+	 * (run tables, v̄) plus, for staged items, the store copy and its upload */
+	b->stats.gather_ns += host_ns + (staged ? elapsed_ns(cx->ev[2], cx->ev[3]) : 0);
+	b->stats.exact_ns += elapsed_ns(cx->ev[3], cx->ev[4]);
+	for (uint32_t i = 0; i < n; i++) {
+		struct plan *p = &pl[i];
+		struct sparq_attend_item *it = p->it;
+		const float *alpha = (const float *)(cx->h_buf + p->o_alpha);
+		bool blended = false;
+
+		if (it->sel)
+			memcpy(it->sel, cx->h_buf + p->o_sel, it->n_sel * sizeof(uint32_t));
+		if (it->alpha)
+			memcpy(it->alpha, alpha, p->g * sizeof(float));
+		if (it->comp && !p->dense)
+			memcpy(it->comp, cx->h_buf + p->o_comp, p->r * sizeof(uint32_t));
+		if (!p->dense)
+			b->stats.slice_bytes += (uint64_t)p->r * p->S * 2;
+		if (!full)
+			continue;
+		memcpy(it->y, cx->h_buf + p->o_y, (size_t)p->g * p->d * sizeof(float));
+		b->stats.record_bytes += (uint64_t)it->n_sel * p->rec_bytes;
+		for (uint32_t h = 0; h < p->g; h++)
+			blended |= alpha[h] < 1.0f;
+		if (blended && it->exclude)
+			b->stats.record_bytes += (uint64_t)(p->S - p->n_vis) * p->rec_bytes;
+	}
+out:
+	if (ret && b->bad_item < 0 && n)
+		b->bad_item = (int32_t)pl[0].index;
+	return ret;
+}
+
 /* The items whose slices moved to the CPU, as one batch of the internal CPU backend. */
 static int attend_cpu(struct cu_ctx *cx, struct sparq_attend_batch *b, const uint32_t *idx,
 		      uint32_t n)
@@ -679,7 +1065,8 @@ static int cu_attend(void *ctx, struct sparq_attend_batch *b)
 			b->bad_item = (int32_t)pl[0].index;
 			goto out;
 		}
-		ret = attend_gpu(cx, b, pl, n_gpu);
+		ret = cx->kernels_v1 ? attend_gpu_v1(cx, b, pl, n_gpu)
+				     : attend_gpu_v2(cx, b, pl, n_gpu);
 		if (ret)
 			goto out;
 	}
@@ -784,6 +1171,9 @@ int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct spa
 		cx->d_stage = NULL;
 		goto err;
 	}
+	/* read once at open: the whole backend runs one generation of kernels */
+	const char *kv = getenv("SPARQ_CUDA_KERNELS");
+	cx->kernels_v1 = kv && strcmp(kv, "v1") == 0;
 	cx->pub.ops = &cuda_ops;
 	cx->pub.ctx = cx;
 	cu_update_detail(cx);
