@@ -9,6 +9,12 @@
  *
  * Resume: the meta is read first (owner check, geometry, lengths), then tier_resume
  * opens the record streams and sparq_stream_attach rebuilds key slices and V sums.
+ *
+ * Retirement keeps a session in the table until its streams are closed: the tier
+ * manager refuses to resume a session whose streams are still open, so a session that
+ * left the table earlier would have been listed closed while resume answered -EBUSY.
+ * The last reference to a retiring session closes its streams, then unlinks it and
+ * wakes the lifecycle calls waiting for it (settled()).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -40,14 +46,22 @@ static uint64_t session_tokens(const struct sd_session *s)
 	return sum;
 }
 
+/* Releases the streams (their records go back to the tier manager); NULL afterwards. */
+static void close_streams(struct sd_session *s)
+{
+	if (s->streams)
+		for (uint32_t i = 0; i < n_streams(s); i++)
+			if (s->streams[i])
+				sparq_stream_destroy(s->streams[i]);
+	free(s->streams);
+	s->streams = NULL;
+}
+
 static void session_free(struct sd_session *s)
 {
 	if (!s)
 		return;
-	if (s->streams)
-		for (uint32_t i = 0; i < n_streams(s); i++)
-			sparq_stream_destroy(s->streams[i]);
-	free(s->streams);
+	close_streams(s);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -84,6 +98,7 @@ static void insert_locked(struct sd_sessions *t, struct sd_session *s)
 	s->next = t->buckets[b];
 	t->buckets[b] = s;
 	s->refs++;   /* the table's own reference */
+	s->linked = true;
 	t->count++;
 }
 
@@ -92,6 +107,7 @@ static void unlink_locked(struct sd_sessions *t, struct sd_session *s)
 	for (struct sd_session **pp = &t->buckets[bucket(s->id)]; *pp; pp = &(*pp)->next) {
 		if (*pp == s) {
 			*pp = s->next;
+			s->linked = false;
 			t->count--;
 			return;
 		}
@@ -126,6 +142,15 @@ int sd_sessions_init(struct sd_sessions *t, struct tier_manager *tm, struct spar
 		return ret;
 	t->next_id = next;
 	pthread_mutex_init(&t->mu, NULL);
+	{
+		pthread_condattr_t a;
+
+		/* the bounded wait in settled() must not jump with the wall clock */
+		pthread_condattr_init(&a);
+		pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+		pthread_cond_init(&t->retired, &a);
+		pthread_condattr_destroy(&a);
+	}
 	sd_log(log, SD_LOG_INFO, "%u parked session%s on disk", count, count == 1 ? "" : "s");
 	return 0;
 }
@@ -146,7 +171,7 @@ struct sd_session *sd_session_get(struct sd_sessions *t, uint32_t uid, uint64_t 
 
 	pthread_mutex_lock(&t->mu);
 	s = find_locked(t, id);
-	if (s && s->owner_uid == uid)
+	if (s && s->owner_uid == uid && !s->retiring)
 		s->refs++;
 	else
 		s = NULL;
@@ -154,15 +179,85 @@ struct sd_session *sd_session_get(struct sd_sessions *t, uint32_t uid, uint64_t 
 	return s;
 }
 
-void sd_session_put(struct sd_sessions *t, struct sd_session *s)
+/* The last reference to a retiring session is gone: its streams close while it is
+ * still listed (open), then it leaves the table and the waiters in settled() wake. */
+static void finish_retirement(struct sd_sessions *t, struct sd_session *s)
 {
 	bool last;
 
+	pthread_mutex_lock(&s->mu);
+	close_streams(s);
+	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_lock(&t->mu);
-	last = --s->refs == 0;
+	unlink_locked(t, s);
+	s->closing = false;
+	last = s->refs == 0;   /* a list may have referenced it meanwhile: it frees it then */
+	pthread_cond_broadcast(&t->retired);
 	pthread_mutex_unlock(&t->mu);
 	if (last)
 		session_free(s);
+}
+
+void sd_session_put(struct sd_sessions *t, struct sd_session *s)
+{
+	bool free_it = false, finish = false;
+
+	pthread_mutex_lock(&t->mu);
+	if (--s->refs == 0) {
+		/* only a retiring session (it gave up the table's reference) gets here linked */
+		if (!s->linked)
+			free_it = true;
+		else if (!s->closing)
+			finish = s->closing = true;
+	}
+	pthread_mutex_unlock(&t->mu);
+	if (finish)
+		finish_retirement(t, s);
+	else if (free_it)
+		session_free(s);
+}
+
+/* The session id of uid once it is not retiring: 0 with *out referenced (taken out of
+ * the table, the table's reference handed over, when take) or NULL when it is not open;
+ * -EBUSY when its retirement outlasts SD_RETIRE_WAIT_MS. */
+static int settled(struct sd_sessions *t, uint32_t uid, uint64_t id, bool take,
+		   struct sd_session **out, const char **why)
+{
+	struct timespec until;
+	struct sd_session *s;
+	int ret = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += SD_RETIRE_WAIT_MS / 1000;
+	until.tv_nsec += (long)(SD_RETIRE_WAIT_MS % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	*out = NULL;
+	pthread_mutex_lock(&t->mu);
+	s = find_locked(t, id);
+	if (s && s->owner_uid == uid && s->retiring)
+		sd_log(t->log, SD_LOG_DEBUG, "session %" PRIu64 ": waiting for its retirement", id);
+	while ((s = find_locked(t, id)) && s->owner_uid == uid && s->retiring) {
+		if (pthread_cond_timedwait(&t->retired, &t->mu, &until) == ETIMEDOUT) {
+			ret = -EBUSY;
+			*why = "session is still being parked after its client left (try again)";
+			break;
+		}
+	}
+	if (!ret && s && s->owner_uid == uid) {
+		if (take)
+			unlink_locked(t, s);
+		else
+			s->refs++;
+		*out = s;
+	}
+	pthread_mutex_unlock(&t->mu);
+	if (ret)
+		sd_log(t->log, SD_LOG_WARN, "session %" PRIu64 ": retirement still running after "
+		       "%u ms", id, SD_RETIRE_WAIT_MS);
+	return ret;
 }
 
 int sd_sessions_geometry(void *user, uint64_t id, struct sd_geometry *out)
@@ -173,27 +268,12 @@ int sd_sessions_geometry(void *user, uint64_t id, struct sd_geometry *out)
 
 	pthread_mutex_lock(&l->t->mu);
 	s = find_locked(l->t, id);
-	if (s && s->owner_uid == l->uid) {
+	if (s && s->owner_uid == l->uid && !s->retiring) {
 		*out = s->geo;
 		ret = 0;
 	}
 	pthread_mutex_unlock(&l->t->mu);
 	return ret;
-}
-
-/* Takes the session out of the table (its table reference goes with it). */
-static struct sd_session *take(struct sd_sessions *t, uint32_t uid, uint64_t id)
-{
-	struct sd_session *s;
-
-	pthread_mutex_lock(&t->mu);
-	s = find_locked(t, id);
-	if (s && s->owner_uid == uid)
-		unlink_locked(t, s);
-	else
-		s = NULL;
-	pthread_mutex_unlock(&t->mu);
-	return s;
 }
 
 int sd_session_create(struct sd_sessions *t, const struct sd_req *r, uint32_t uid, uint32_t pid,
@@ -295,9 +375,11 @@ static int park_current_locked(struct sd_sessions *t, struct sd_session *s, cons
 
 int sd_session_park(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
 {
-	struct sd_session *s = sd_session_get(t, uid, id);
-	int ret;
+	struct sd_session *s;
+	int ret = settled(t, uid, id, false, &s, why);
 
+	if (ret)
+		return ret;
 	*why = "no such session";
 	if (!s)
 		return -ENOENT;
@@ -359,10 +441,12 @@ static int parked_meta(struct sd_sessions *t, uint32_t uid, uint64_t id, struct 
 
 int sd_session_close(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
 {
-	struct sd_session *s = take(t, uid, id);
+	struct sd_session *s;
 	struct sd_meta m;
-	int ret = 0;
+	int ret = settled(t, uid, id, true, &s, why);
 
+	if (ret)
+		return ret;
 	if (s) {
 		pthread_mutex_lock(&s->mu);
 		if (s->parked) {
@@ -390,10 +474,12 @@ int sd_session_close(struct sd_sessions *t, uint32_t uid, uint64_t id, const cha
 
 int sd_session_drop(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
 {
-	struct sd_session *s = sd_session_get(t, uid, id);
+	struct sd_session *s;
 	struct sd_meta m;
-	int ret;
+	int ret = settled(t, uid, id, false, &s, why);
 
+	if (ret)
+		return ret;
 	if (s) {
 		pthread_mutex_lock(&s->mu);
 		if (!s->parked) {
@@ -428,7 +514,9 @@ int sd_session_resume(struct sd_sessions *t, uint32_t uid, uint32_t pid, uint64_
 	uint32_t len = 0, attached = 0;
 	int ret;
 
-	open = sd_session_get(t, uid, id);
+	ret = settled(t, uid, id, false, &open, why);
+	if (ret)
+		return ret;
 	if (open) {
 		sd_session_put(t, open);
 		*why = "session is already open";
@@ -503,25 +591,17 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 		    uint32_t *n)
 {
 	struct tier_parked_info *parked = NULL;
-	struct sd_session_info *v = NULL;
+	struct sd_session_info *v = NULL, *grown;
 	struct sd_session **open = NULL;
-	uint32_t cap = 0, k = 0, n_parked = 0, n_open = 0;
-	int ret;
+	uint32_t k = 0, n_parked = 0, n_open = 0, have = 0;
+	int ret = -ENOMEM;
 
-	ret = tier_parked_list(t->tm, NULL, 0, &n_parked);
-	if (!ret && n_parked) {
-		parked = calloc(n_parked, sizeof(*parked));
-		if (!parked)
-			return -ENOMEM;
-		ret = tier_parked_list(t->tm, parked, n_parked, &n_parked);
-	}
-	if (ret)
-		goto out;
-	/* references under the table lock, details under each session's own lock: the
-	 * table lock is never held while waiting for a session busy with a long attend */
+	/* The open sessions first, the parked ones after: a retiring session is parked
+	 * before its streams close, so whatever the timing it shows up in one of them.
+	 * References under the table lock, details under each session's own lock: the
+	 * table lock is never held while waiting for a session busy with a long attend. */
 	pthread_mutex_lock(&t->mu);
-	cap = t->count + n_parked;
-	v = calloc(cap ? cap : 1, sizeof(*v));
+	v = calloc(t->count ? t->count : 1, sizeof(*v));
 	open = calloc(t->count ? t->count : 1, sizeof(*open));
 	for (unsigned b = 0; v && open && b < SD_BUCKETS; b++) {
 		for (struct sd_session *s = t->buckets[b]; s; s = s->next) {
@@ -536,29 +616,42 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 		struct sd_session *s = open[i];
 
 		pthread_mutex_lock(&s->mu);
-		v[k] = (struct sd_session_info){ .id = s->id, .geo = s->geo,
-						 .tokens = sparq_stream_len(s->streams[0]),
-						 .persistent = s->persistent, .parked = s->parked,
-						 .open = true, .owner_uid = s->owner_uid,
-						 .owner_pid = s->owner_pid };
-		for (uint32_t j = 0; j < s->geo.n_layers * s->geo.n_kv_heads; j++) {
-			uint64_t ram, nvme;
+		if (s->streams) {   /* NULL: a retirement closed them just now; it is parked */
+			v[k] = (struct sd_session_info){ .id = s->id, .geo = s->geo,
+							 .tokens = sparq_stream_len(s->streams[0]),
+							 .persistent = s->persistent,
+							 .parked = s->parked, .open = true,
+							 .owner_uid = s->owner_uid,
+							 .owner_pid = s->owner_pid };
+			for (uint32_t j = 0; j < n_streams(s); j++) {
+				uint64_t ram, nvme;
 
-			tier_stream_placement(sparq_stream_records(s->streams[j]), &ram, &nvme);
-			v[k].ram_records += ram;
-			v[k].nvme_records += nvme;
+				tier_stream_placement(sparq_stream_records(s->streams[j]), &ram,
+						      &nvme);
+				v[k].ram_records += ram;
+				v[k].nvme_records += nvme;
+			}
+			memcpy(v[k].label, s->label, sizeof(v[k].label));
+			k++;
 		}
 		pthread_mutex_unlock(&s->mu);
-		memcpy(v[k].label, s->label, sizeof(v[k].label));
-		k++;
 		sd_session_put(t, s);
 	}
-	if (!open) {
-		free(v);
-		v = NULL;
+	if (!v || !open)
+		goto out;
+	ret = tier_parked_list(t->tm, NULL, 0, &n_parked);
+	if (!ret && n_parked) {
+		ret = -ENOMEM;
+		parked = calloc(n_parked, sizeof(*parked));
+		grown = realloc(v, ((size_t)k + n_parked) * sizeof(*v));
+		if (grown)
+			v = grown;
+		if (parked && grown)
+			ret = tier_parked_list(t->tm, parked, n_parked, &have);
+		/* more may have been parked since the count: those are listed next time */
+		if (have < n_parked)
+			n_parked = have;
 	}
-	free(open);
-	ret = v ? 0 : -ENOMEM;
 	for (uint32_t i = 0; !ret && i < n_parked; i++) {
 		struct sd_meta m;
 		const char *why;
@@ -568,18 +661,16 @@ int sd_session_list(struct sd_sessions *t, uint32_t uid, struct sd_session_info 
 			seen |= v[j].id == parked[i].session;
 		if (seen || parked_meta(t, uid, parked[i].session, &m, NULL, NULL, &why))
 			continue;
-		if (k < cap) {
-			v[k] = (struct sd_session_info){ .id = parked[i].session, .geo = m.geo,
-							 .tokens = m.lengths[0], .persistent = true,
-							 .parked = true, .open = false,
-							 .owner_uid = m.owner_uid,
-							 .owner_pid = m.owner_pid };
-			memcpy(v[k].label, m.label, sizeof(v[k].label));
-			k++;
-		}
+		v[k] = (struct sd_session_info){ .id = parked[i].session, .geo = m.geo,
+						 .tokens = m.lengths[0], .persistent = true,
+						 .parked = true, .open = false,
+						 .owner_uid = m.owner_uid, .owner_pid = m.owner_pid };
+		memcpy(v[k].label, m.label, sizeof(v[k].label));
+		k++;
 		sd_meta_free(&m);
 	}
 out:
+	free(open);
 	free(parked);
 	if (ret) {
 		free(v);
@@ -590,25 +681,20 @@ out:
 	return 0;
 }
 
-/* Takes every session matching (all, or conn) out of the table into a list. */
-static struct sd_session *take_all(struct sd_sessions *t, bool all, uint64_t conn)
+/* Marks every session matching (all, or conn) retiring: it stays in the table, and the
+ * batch holds a reference to it, chained through retire_next. */
+static struct sd_session *mark_retiring(struct sd_sessions *t, bool all, uint64_t conn)
 {
 	struct sd_session *list = NULL;
 
 	pthread_mutex_lock(&t->mu);
 	for (unsigned b = 0; b < SD_BUCKETS; b++) {
-		struct sd_session **pp = &t->buckets[b];
-
-		while (*pp) {
-			struct sd_session *s = *pp;
-
-			if (all || s->owner_conn == conn) {
-				*pp = s->next;
-				t->count--;
-				s->next = list;
+		for (struct sd_session *s = t->buckets[b]; s; s = s->next) {
+			if (!s->retiring && (all || s->owner_conn == conn)) {
+				s->retiring = true;
+				s->refs++;
+				s->retire_next = list;
 				list = s;
-			} else {
-				pp = &s->next;
 			}
 		}
 	}
@@ -623,7 +709,7 @@ static void retire(struct sd_sessions *t, struct sd_session *list, const char *w
 		const char *why = "";
 		int ret = 0;
 
-		list = s->next;
+		list = s->retire_next;
 		pthread_mutex_lock(&s->mu);
 		if (s->persistent) {
 			ret = park_current_locked(t, s, &why);
@@ -635,17 +721,22 @@ static void retire(struct sd_sessions *t, struct sd_session *list, const char *w
 				       " records)", when, s->id, s->parked_tokens);
 		}
 		pthread_mutex_unlock(&s->mu);
+		/* the table gives up its reference; it stays linked until the streams close */
+		pthread_mutex_lock(&t->mu);
+		s->refs--;
+		pthread_mutex_unlock(&t->mu);
 		sd_session_put(t, s);
 	}
 }
 
 void sd_sessions_conn_gone(struct sd_sessions *t, uint64_t conn)
 {
-	retire(t, take_all(t, false, conn), "client gone");
+	retire(t, mark_retiring(t, false, conn), "client gone");
 }
 
 void sd_sessions_shutdown(struct sd_sessions *t)
 {
-	retire(t, take_all(t, true, 0), "shutdown");
+	retire(t, mark_retiring(t, true, 0), "shutdown");
+	pthread_cond_destroy(&t->retired);
 	pthread_mutex_destroy(&t->mu);
 }

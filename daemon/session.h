@@ -12,6 +12,12 @@
  * session's streams holds the session's own lock (sd_session_lock), so one client's
  * slow append never blocks another's attend. A closed session leaves the table at once
  * and is freed when its last reference is put.
+ *
+ * Retirement (its connection gone, or shutdown): the session stays in the table,
+ * marked retiring, until its streams are closed, so list shows it open exactly as long
+ * as the tier manager holds its streams open. A retiring session refuses new data work
+ * (-ENOENT, it is going away); resume, close, park and drop of it wait (bounded by
+ * SD_RETIRE_WAIT_MS) for the retirement to finish and then act on the parked copy.
  */
 #ifndef SPARQD_SESSION_H
 #define SPARQD_SESSION_H
@@ -28,6 +34,9 @@
 #include "stream.h"
 
 #define SD_BUCKETS 1024u
+/* How long a lifecycle call waits for a retiring session: a park writes the session's
+ * records durably, which can take seconds on a busy NVMe device. */
+#define SD_RETIRE_WAIT_MS 10000u
 
 struct sd_session {
 	uint64_t id;
@@ -44,11 +53,16 @@ struct sd_session {
 	uint64_t parked_tokens;          /* sum of the stream lengths it describes */
 	/* under the table lock */
 	unsigned refs;
-	struct sd_session *next;
+	bool linked;                     /* in the table */
+	bool retiring;                   /* linked, but its connection is gone */
+	bool closing;                    /* its streams are being closed */
+	struct sd_session *next;         /* bucket chain */
+	struct sd_session *retire_next;  /* retire()'s batch */
 };
 
 struct sd_sessions {
 	pthread_mutex_t mu;
+	pthread_cond_t retired;          /* a retiring session left the table */
 	struct sd_session *buckets[SD_BUCKETS];
 	uint32_t count;
 	uint64_t next_id;
