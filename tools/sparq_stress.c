@@ -106,7 +106,6 @@ struct client {
 	struct sample *log;
 	size_t n_log, cap_log;
 	uint64_t mismatches, errors, lost;
-	uint64_t busy_retries;         /* resumes answered -EBUSY before they went through */
 	char first_problem[256];
 };
 
@@ -463,15 +462,7 @@ static int churn(struct client *cl)
 		bool to_ram = bench_rng_next(&cl->rng) & 1;
 
 		t = bench_now_ns();
-		/* listed as closed the moment it leaves the table, its streams may still be
-		 * releasing for a few ms: -EBUSY ("in use") then, and a retry is right */
-		for (uint64_t end = t + 10000000000ull;;) {
-			ret = sparq_session_resume(cl->c, s->id, to_ram);
-			if (ret != -EBUSY || bench_now_ns() > end)
-				break;
-			cl->busy_retries++;
-			usleep(1000);
-		}
+		ret = sparq_session_resume(cl->c, s->id, to_ram);
 		lat = bench_now_ns() - t;
 		if (ret) {
 			op_failed(cl, "resume", s, ret);
@@ -955,10 +946,6 @@ static int parse_args(int argc, char **argv, struct cfg *cf)
 static void print_and_save(struct run *r, uint64_t span_ns, uint64_t mism, uint64_t errs,
 			   uint64_t lost, const struct sparq_stats *st, bool ok)
 {
-	uint64_t busy = 0;
-
-	for (uint32_t i = 0; i < r->cfg.clients; i++)
-		busy += r->clients[i].busy_retries;
 	const struct cfg *cf = &r->cfg;
 	struct cell cells[OP_COUNT][TIER_COUNT];
 	size_t total = 0;
@@ -995,7 +982,6 @@ static void print_and_save(struct run *r, uint64_t span_ns, uint64_t mism, uint6
 	       (double)st->ram_capacity / 1048576.0, (double)st->nvme_used / 1048576.0,
 	       (double)st->nvme_capacity / 1048576.0, st->demotions, st->promotions, st->parks,
 	       st->resumes, st->read_amplification, st->checksum_failures);
-	printf("resume retries on -EBUSY (streams still releasing): %" PRIu64 "\n", busy);
 	printf("checks: %" PRIu64 " mismatches, %" PRIu64 " lost sessions/tokens, %" PRIu64
 	       " request errors, %" PRIu64 " victims killed (%" PRIu64 " leaked a session), daemon %s"
 	       " -> %s\n", mism, lost, errs, r->kills, r->victim_leaks,
@@ -1024,11 +1010,11 @@ static void print_and_save(struct run *r, uint64_t span_ns, uint64_t mism, uint6
 			}
 		fprintf(jf, "], \"total_ops\": %zu, \"ops_per_s\": %.1f, \"mismatches\": %" PRIu64
 			", \"lost\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"kills\": %" PRIu64
-			", \"victim_leaks\": %" PRIu64 ", \"resume_busy_retries\": %" PRIu64
+			", \"victim_leaks\": %" PRIu64
 			", \"daemon_crashed\": %s, \"demotions\": %" PRIu64
 			", \"promotions\": %" PRIu64 ", \"checksum_failures\": %" PRIu64
 			", \"pass\": %s}\n", total, (double)total / ((double)span_ns * 1e-9), mism, lost,
-			errs, r->kills, r->victim_leaks, busy, r->daemon_gone ? "true" : "false", st->demotions,
+			errs, r->kills, r->victim_leaks, r->daemon_gone ? "true" : "false", st->demotions,
 			st->promotions, st->checksum_failures, ok ? "true" : "false");
 		fclose(jf);
 	}
