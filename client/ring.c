@@ -78,12 +78,16 @@ static int check_socket(struct sparq_client *c, short revents)
 
 /*
  * Takes completions until the one for user_data (into *cqe) or the deadline.
- * Completions of stale requests are consumed on the way.
+ * Completions of stale requests are consumed on the way, and only at the top of the
+ * loop: one popped anywhere else and not counted would leave c->stale waiting for a
+ * completion that already came (a late control reply and a late completion arriving
+ * in the same wake-up did exactly that).
  */
 static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sparq_cqe *cqe,
 			   uint64_t deadline_ns)
 {
 	uint64_t spin_end = now_ns() + SPARQ_CLIENT_SPIN_NS;
+	int gone = 0;
 
 	for (;;) {
 		int r = sparq_cq_pop(&c->shm, cqe);
@@ -100,6 +104,8 @@ static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sp
 				return 0;
 			continue;
 		}
+		if (gone)
+			return gone;
 		uint64_t now = now_ns();
 		if (now < spin_end) {
 			cpu_relax();
@@ -120,12 +126,12 @@ static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sp
 		if (n <= 0)
 			continue;
 		if (p[1].revents) {
-			/* a completion may have been posted just before the daemon went */
-			if (sparq_cq_pop(&c->shm, cqe) == 1 && cqe->user_data == user_data)
-				return 0;
+			/* a completion may have been posted just before the daemon went: the
+			 * ring is read to its end (at the top, where stale ones are counted)
+			 * before the hang-up is reported */
 			int ret = check_socket(c, p[1].revents);
 			if (ret)
-				return ret;
+				gone = ret;
 		}
 		if (p[0].revents & POLLIN) {
 			uint64_t v;
