@@ -32,6 +32,8 @@ struct sparq_attend_stats {
 	uint64_t slice_bytes;   /* key-slice bytes read by scoring */
 	uint64_t record_bytes;  /* record bytes fetched from the store */
 	uint32_t cpu_items;     /* CUDA: items served by its CPU fallback (slice did not fit) */
+	uint64_t cache_rows;    /* CUDA: selected rows looked up in its GPU row cache */
+	uint64_t cache_hits;    /* of those, found there: read from GPU memory, not the store */
 };
 
 struct sparq_attend_item {

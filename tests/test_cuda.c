@@ -8,7 +8,9 @@
  * naming the item; the v2 kernels (default) select exactly the rows of the v1 kernels
  * (SPARQ_CUDA_KERNELS=v1) and agree on y within fp32 reordering, on shapes that span
  * several select chunks and exact-step blocks, all-tied keys, dense items and both
- * fetch paths. Results are checked against the double-precision reference.
+ * fetch paths; the row cache serves a repeated selection from GPU memory (one row per
+ * cache slot, the same y bit for bit), survives a decode append, and is off with
+ * SPARQ_CUDA_ROWCACHE=0. Results are checked against the double-precision reference.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -420,6 +422,112 @@ static void test_generations(const struct sparq_backend_config *cfg)
 	sparq_backend_close(v2);
 }
 
+/* Distinct row-cache slots among a selection: how many rows a repeat finds cached. */
+static uint32_t cache_slots_used(const uint32_t *sel, uint32_t n, uint32_t k)
+{
+	uint32_t slots = 256, used = 0;
+
+	while (slots < k)
+		slots *= 2;  /* as ensure_rc sizes it */
+	uint8_t *seen = t_alloc(slots);
+	memset(seen, 0, slots);
+	for (uint32_t i = 0; i < n; i++) {
+		used += !seen[sel[i] & (slots - 1)];
+		seen[sel[i] & (slots - 1)] = 1;
+	}
+	free(seen);
+	return used;
+}
+
+static void test_row_cache(const struct sparq_backend_config *cfg)
+{
+	struct sparq_backend *be, *off;
+	struct sparq_store *st, *st_off;
+	struct data x;
+	const char *why = NULL;
+	const uint32_t k = 1000, rec = 4 * 128;
+
+	T_CHECK(sparq_backend_open("cuda", cfg, &be) == 0, "open");
+	T_CHECK(sparq_store_heap_create_region(64, 64ull << 20, &st) == 0, "region store");
+	make_data(&x, 6001, 128, 4, SPARQ_DTYPE_F16, 51, 1.0f);
+	struct data x0 = x;
+	x0.S = 6000;  /* the stream before its last append */
+	struct sparq_stream *s;
+	T_CHECK(sparq_stream_create(be, st, x.d, x.dt, &s, &why) == 0, "create: %s", why);
+	append_range(s, &x, 0, 6000, 6000);
+
+	struct sparq_attend_item a = item_for(s, &x0, NULL, 16, k, SPARQ_BLEND_ON);
+	struct sparq_attend_item b = item_for(s, &x0, NULL, 16, k, SPARQ_BLEND_ON);
+	struct sparq_attend_batch ba = { .items = &a, .n = 1 }, bb = { .items = &b, .n = 1 };
+	int ret = sparq_backend_attend(be, &ba);
+	T_CHECK(ret == 0, "first call: %d %s", ret, ba.why ? ba.why : "");
+	T_CHECK(ba.stats.cache_rows == a.n_sel && ba.stats.cache_hits == 0,
+		"first call: %llu rows looked up, %llu hits (want %u, 0)",
+		(unsigned long long)ba.stats.cache_rows, (unsigned long long)ba.stats.cache_hits,
+		a.n_sel);
+	T_CHECK(ba.stats.record_bytes == (uint64_t)a.n_sel * rec, "first call read %llu bytes",
+		(unsigned long long)ba.stats.record_bytes);
+	check_ref("cache: first call", &x0, NULL, &a);
+	ret = sparq_backend_attend(be, &bb);
+	T_CHECK(ret == 0, "repeat: %d %s", ret, bb.why ? bb.why : "");
+	const uint32_t want = cache_slots_used(a.sel, a.n_sel, k);
+	T_CHECK(bb.stats.cache_hits == want, "repeat: %llu hits, want %u (one per slot)",
+		(unsigned long long)bb.stats.cache_hits, want);
+	T_CHECK(bb.stats.record_bytes == (uint64_t)(b.n_sel - want) * rec,
+		"repeat read %llu bytes", (unsigned long long)bb.stats.record_bytes);
+	T_CHECK(a.n_sel == b.n_sel && memcmp(a.sel, b.sel, a.n_sel * 4) == 0 &&
+		memcmp(a.y, b.y, (size_t)x.g * x.d * 4) == 0,
+		"a repeat served from the cache differs");
+	printf("cache: repeat found %u of %u rows in the cache\n", want, b.n_sel);
+
+	/* a decode step: one more position, the queries drift a little */
+	append_range(s, &x, 6000, 6001, 1);
+	for (uint32_t i = 0; i < x.g * x.d; i++) {
+		x.q[i] *= 1.01f;
+		x.qd[i] = x.q[i];
+	}
+	struct sparq_attend_item c = item_for(s, &x, NULL, 16, k, SPARQ_BLEND_ON);
+	struct sparq_attend_batch bc = { .items = &c, .n = 1 };
+	ret = sparq_backend_attend(be, &bc);
+	T_CHECK(ret == 0, "after an append: %d %s", ret, bc.why ? bc.why : "");
+	T_CHECK(bc.stats.cache_hits > 0 && bc.stats.cache_hits < c.n_sel,
+		"after an append: %llu hits of %u", (unsigned long long)bc.stats.cache_hits,
+		c.n_sel);
+	check_ref("cache: after an append", &x, NULL, &c);
+	printf("cache: next step found %llu of %u rows in the cache\n",
+	       (unsigned long long)bc.stats.cache_hits, c.n_sel);
+
+	/* switched off: nothing looked up, the same rows */
+	T_CHECK(setenv("SPARQ_CUDA_ROWCACHE", "0", 1) == 0, "setenv");
+	T_CHECK(sparq_backend_open("cuda", cfg, &off) == 0, "open without a cache");
+	T_CHECK(unsetenv("SPARQ_CUDA_ROWCACHE") == 0, "unsetenv");
+	T_CHECK(strstr(off->detail, "no row cache"), "detail '%s'", off->detail);
+	T_CHECK(sparq_store_heap_create_region(64, 64ull << 20, &st_off) == 0, "region store");
+	struct sparq_stream *s2 = stream_of(off, st_off, &x, x.S, 1);
+	struct sparq_attend_item e = item_for(s2, &x, NULL, 16, k, SPARQ_BLEND_ON);
+	struct sparq_attend_batch be2 = { .items = &e, .n = 1 };
+	for (int rep = 0; rep < 2; rep++) {
+		ret = sparq_backend_attend(off, &be2);
+		T_CHECK(ret == 0, "no cache: %d %s", ret, be2.why ? be2.why : "");
+	}
+	T_CHECK(be2.stats.cache_rows == 0 && be2.stats.cache_hits == 0,
+		"no cache: %llu rows looked up", (unsigned long long)be2.stats.cache_rows);
+	T_CHECK(e.n_sel == c.n_sel && memcmp(e.sel, c.sel, c.n_sel * 4) == 0 &&
+		memcmp(e.y, c.y, (size_t)x.g * x.d * 4) == 0, "with and without the cache differ");
+
+	free_item(&a);
+	free_item(&b);
+	free_item(&c);
+	free_item(&e);
+	sparq_stream_destroy(s);
+	sparq_stream_destroy(s2);
+	sparq_backend_close(be);
+	sparq_backend_close(off);
+	sparq_store_destroy(st);
+	sparq_store_destroy(st_off);
+	free_data(&x);
+}
+
 int main(void)
 {
 	struct sparq_backend_config cfg = { .n_threads = 2 };
@@ -438,6 +546,7 @@ int main(void)
 	test_paths(&cfg);
 	test_overflow(&cfg);
 	test_generations(&cfg);
+	test_row_cache(&cfg);
 	printf("cuda: all checks passed\n");
 	return T_EXIT_PASS;
 }

@@ -2452,6 +2452,10 @@ struct gpu_row {
 	double layer_ms, layer_p90_ms, ph_ms[PH_N];
 	uint64_t be_slice_bytes, be_record_bytes;  /* the backend's own counts, one call */
 	uint32_t cpu_items;            /* items the CUDA backend served on its CPU fallback */
+	uint64_t cache_rows, cache_hits; /* the backend's row cache over the timed calls */
+	/* decode steps: layer 0's streams, GPU_DECODE_STEPS calls with drifting queries */
+	uint32_t dec_steps;
+	double dec_ms, dec_hit;        /* median step; rows found in the row cache, steps 2.. */
 	double rel_err;                /* layer 0, query set 0, against dense */
 	/* per token, all layers */
 	double sparq_ms, floor_ms, ratio_floor, speedup_off, speedup_res;
@@ -2928,6 +2932,22 @@ static void gpu_print_table(FILE *f, const struct gpu_report *r, const struct gp
 			snprintf(l, sizeof(l), "slice %s", b1);
 			row_w(f, 44, 16, 34, "  backend's counts: records per layer", v, l, NULL);
 		}
+		if (w->cache_rows) {
+			snprintf(v, sizeof(v), "%.1f %%", 100.0 * w->cache_hits / w->cache_rows);
+			snprintf(l, sizeof(l), "of %llu rows looked up",
+				 (unsigned long long)w->cache_rows);
+			row_w(f, 44, 16, 34, "  row cache hits, timed calls", v, l,
+			      "(rotating query sets)");
+		}
+		if (w->dec_steps) {
+			snprintf(v, sizeof(v), "%.3f ms", w->dec_ms);
+			if (isnan(w->dec_hit))
+				snprintf(l, sizeof(l), "%u steps, no row cache", w->dec_steps);
+			else
+				snprintf(l, sizeof(l), "%u steps, row cache hits %.1f %%",
+					 w->dec_steps, 100.0 * w->dec_hit);
+			row_w(f, 44, 16, 34, "  decode steps, drifting q (median)", v, l, NULL);
+		}
 		snprintf(v, sizeof(v), "%.4f", w->rel_err);
 		row_w(f, 44, 16, 34, "  output rel. L2 error vs dense (layer 0)", v,
 		      "dense resident kernel", NULL);
@@ -3015,6 +3035,10 @@ static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu
 		json_u64(f, "backend_slice_bytes", w->be_slice_bytes, &f2);
 		json_u64(f, "backend_record_bytes", w->be_record_bytes, &f2);
 		json_u64(f, "cpu_fallback_items", w->cpu_items, &f2);
+		json_num(f, "cache_hit_rate", w->cache_rows ? (double)w->cache_hits / w->cache_rows
+							    : NAN, &f2);
+		json_num(f, "decode_step_ms", w->dec_steps ? w->dec_ms : NAN, &f2);
+		json_num(f, "decode_cache_hit_rate", w->dec_steps ? w->dec_hit : NAN, &f2);
 		json_num(f, "sparq_ms", w->ok ? w->sparq_ms : NAN, &f2);
 		json_num(f, "ratio_floor", w->ok ? w->ratio_floor : NAN, &f2);
 		json_num(f, "speedup_offload", w->ok ? w->speedup_off : NAN, &f2);
@@ -3448,6 +3472,8 @@ static int gpu_time_sparq(struct gpu_sparq *s, const struct gpu_opts *o,
 		w->be_slice_bytes = batch.stats.slice_bytes;
 		w->be_record_bytes = batch.stats.record_bytes;
 		w->cpu_items = batch.stats.cpu_items;
+		w->cache_rows += batch.stats.cache_rows;
+		w->cache_hits += batch.stats.cache_hits;
 	}
 	memcpy(y0, s->y, (size_t)o->n_items * per * sizeof(*y0));
 	w->calls = timed;
@@ -3459,6 +3485,65 @@ static int gpu_time_sparq(struct gpu_sparq *s, const struct gpu_opts *o,
 out:
 	for (int ph = 0; ph < PH_N; ph++)
 		free(ns[ph]);
+	return ret;
+}
+
+/*
+ * Consecutive decode steps on layer 0's streams with slowly drifting queries: step t
+ * uses q0 + (t / steps) · GPU_DECODE_DRIFT · (q1 - q0), q0 and q1 being query sets 0
+ * and 1 (no appends: the streams stay as timed). Shows what the row cache saves when
+ * one step's selection resembles the last one's; the first step only warms it.
+ */
+#define GPU_DECODE_STEPS 16u
+#define GPU_DECODE_DRIFT 0.25f
+
+static int gpu_decode_steps(struct gpu_sparq *s, const struct gpu_opts *o,
+			    const struct sparq_params *params, struct gpu_row *w, char *why,
+			    size_t why_len)
+{
+	const uint32_t per = o->g * o->preset->d, n = o->n_items;
+	float *q = malloc((size_t)n * per * sizeof(float));
+	uint64_t ns[GPU_DECODE_STEPS], rows = 0, hits = 0;
+	struct sparq_attend_batch batch = { .items = s->items, .n = n,
+					    .mode = SPARQ_ATTEND_FULL, .bad_item = -1 };
+	int ret = 0;
+
+	if (!q) {
+		snprintf(why, why_len, "out of memory for decode queries");
+		return -ENOMEM;
+	}
+	for (uint32_t t = 0; t < GPU_DECODE_STEPS; t++) {
+		const float a = GPU_DECODE_DRIFT * (float)t / GPU_DECODE_STEPS;
+
+		for (uint32_t i = 0; i < n; i++) {
+			const float *q0 = gpu_q(s, o, 0, 0, i), *q1 = gpu_q(s, o, 0, 1, i);
+			for (uint32_t c = 0; c < per; c++)
+				q[(size_t)i * per + c] = q0[c] + a * (q1[c] - q0[c]);
+			s->items[i] = (struct sparq_attend_item){
+				.stream = s->streams[i], .g = o->g, .q = q + (size_t)i * per,
+				.params = *params, .y = s->y + (size_t)i * per,
+			};
+		}
+		memset(&batch.stats, 0, sizeof(batch.stats));
+		uint64_t t0 = bench_now_ns();
+		ret = sparq_backend_attend(s->be, &batch);
+		ns[t] = bench_now_ns() - t0;
+		if (ret) {
+			snprintf(why, why_len, "decode step %u: errno %d (%s), item %d: %s", t, -ret,
+				 strerror(-ret), batch.bad_item, batch.why ? batch.why : "?");
+			break;
+		}
+		if (t > 0) {
+			rows += batch.stats.cache_rows;
+			hits += batch.stats.cache_hits;
+		}
+	}
+	if (ret == 0) {
+		w->dec_steps = GPU_DECODE_STEPS;
+		w->dec_ms = bench_median(ns + 1, GPU_DECODE_STEPS - 1) / 1e6;
+		w->dec_hit = rows ? (double)hits / (double)rows : NAN;
+	}
+	free(q);
 	return ret;
 }
 
@@ -3629,6 +3714,11 @@ static int run_gpu_device(const struct gpu_opts *o, struct gpu_report *r)
 			break;
 		}
 		w->rel_err = rel_l2(y0, y_dense, ny);
+		ret = gpu_decode_steps(&s, o, &params, w, r->sparq_why, sizeof(r->sparq_why));
+		if (ret) {
+			fprintf(stderr, PROG ": SparQ decode steps: %s\n", r->sparq_why);
+			break;
+		}
 	}
 	/* after the calls, so the backend's working buffers for the largest k count too */
 	if (bench_gpu_mem_info(gg, &free_after, &total) == 0) {

@@ -62,6 +62,8 @@ struct cu_ctx {
 	uint32_t n_slices;          /* slices alive */
 	uint32_t n_fallback;        /* of those, served by the CPU backend */
 	bool kernels_v1;            /* SPARQ_CUDA_KERNELS=v1 at open: the first kernels */
+	bool rc_off;                /* SPARQ_CUDA_ROWCACHE=0 at open: no row caches */
+	uint64_t rc_bytes, rc_cap;  /* GPU bytes of row caches now, and at most */
 	char err[192];
 };
 
@@ -73,7 +75,15 @@ struct cu_slice {
 	uint32_t len;         /* positions written */
 	uint32_t n_pages, cap_pages;
 	uint16_t **pages;     /* [n_pages] device pages, each [d][per_page] */
+	/* the row cache: records fetched by recent calls (zero-copy stores, v2) */
+	uint32_t rc_slots;    /* 0: none yet */
+	uint32_t rc_rec_bytes;
+	uint32_t *rc_tag;     /* device [rc_slots]: position + 1, 0 empty */
+	uint8_t *rc_data;     /* device [rc_slots][rc_rec_bytes] */
 };
+
+/* Frees a slice's row cache (between calls: nothing reads it). */
+void cu_rc_free(struct cu_ctx *cx, struct cu_slice *cs);
 
 /* Records a failed CUDA call's reason in cx->err; returns -ENOMEM or -EIO. */
 int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what);

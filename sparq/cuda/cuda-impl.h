@@ -49,7 +49,7 @@ struct sparq_cu_item {
 	uint32_t *comp;          /* [r] out: chosen channels, ascending (not dense) */
 	uint32_t *sel;           /* [sel_cap] out: selected positions, ascending */
 	float *alpha;            /* [g] out */
-	uint32_t *info;          /* [2] out: n_sel, flags (SPARQ_CU_OVERFLOW) */
+	uint32_t *info;          /* [SPARQ_CU_INFO_WORDS] out: n_sel, flags, cache hits */
 	float *y;                /* [g][d] out */
 	uint32_t S, d, g, r;
 	uint32_t m;              /* rows chosen by score, among visible j < w_start */
@@ -74,8 +74,18 @@ struct sparq_cu_item {
 	uint32_t *sel_cnt;       /* [n_sel_chunks][2] per chunk: rows surely taken, ties */
 	uint32_t *sel_off;       /* [n_sel_chunks][2] per chunk: first output, ties before */
 	uint32_t n_sel_chunks;   /* ceil(S / SPARQ_CU_SEL_CHUNK) */
-	uint32_t pad2;
+	/* the stream's GPU row cache (v2, zero-copy items; NULL rc_tag: none): slot
+	 * pos & (rc_slots - 1) holds record pos when rc_tag[slot] == pos + 1 */
+	uint32_t rc_slots;       /* a power of two */
+	uint32_t *rc_tag;        /* [rc_slots] */
+	uint8_t *rc_data;        /* [rc_slots][rec_bytes] */
+	uint32_t *rc_mark;       /* [rc_slots] this call: SPARQ_CU_RC_HIT, or 1 + the row
+				  * that refills the slot; zeroed before the call */
 };
+
+#define SPARQ_CU_RC_HIT 0x80000000u
+/* info words: [0] rows selected, [1] flags, [2] rows found in the row cache */
+#define SPARQ_CU_INFO_WORDS 4u
 
 /* Positions per block of the v2 select kernels. */
 #define SPARQ_CU_SEL_CHUNK 2048u
@@ -147,6 +157,15 @@ cudaError_t sparq_cu_launch_select2(cudaStream_t st, const struct sparq_cu_item 
  */
 cudaError_t sparq_cu_launch_exact2(cudaStream_t st, const struct sparq_cu_item *items,
 				   uint32_t n_items, uint32_t ex_chunks_max, uint32_t g_max);
+/*
+ * Row-cache lookup before exact2, for the items with a cache: marks the slots that
+ * hold a selected row (counting the hits in info[2]), then lets each missing row
+ * claim its slot when no selected row hits there and no earlier miss claimed it.
+ * exact2 reads hits from the cache and writes the claimed rows into it.
+ * rows_max: the largest sel_cap of those items.
+ */
+cudaError_t sparq_cu_launch_rc_probe(cudaStream_t st, const struct sparq_cu_item *items,
+				     uint32_t n_items, uint32_t rows_max);
 /*
  * Writes n rows [n][d] (src, device) into a page as columns col..col+n-1 of [d][pitch]
  * (the decode append: one column per stream, nothing else rewritten).

@@ -51,6 +51,8 @@ struct plan {
 	size_t o_qc, o_z, o_zsum, o_part, o_zmax, o_zden;
 	/* v2 */
 	uint32_t n_seg, ex_rows, ex_chunks, sel_chunks;
+	struct cu_slice *rc;        /* the slice whose row cache serves this item, or NULL */
+	size_t o_rc_mark;
 	size_t o_seg_pos, o_seg_addr, o_sel_hist, o_sel_cnt, o_sel_off, o_ex_acc, o_ex_ml;
 };
 
@@ -60,6 +62,7 @@ struct plan {
 struct layout2 {
 	size_t items, tiles, in_end, out, out_end, rows_b, host_bytes, scr, scr_end, dev_bytes;
 	uint32_t n_tiles, g_max, sel_chunks_max, ex_chunks_max;
+	uint32_t rc_rows_max;       /* the largest sel_cap of the items with a row cache */
 };
 
 /* Byte offsets of a call's sections; host mirrors [0, host_bytes) of the device's. */
@@ -90,7 +93,7 @@ void cu_update_detail(struct cu_ctx *cx)
 		 "%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (no room)%s",
 		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
 		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices,
-		 cx->kernels_v1 ? "; kernels v1" : "");
+		 cx->kernels_v1 ? "; kernels v1" : cx->rc_off ? "; no row cache" : "");
 }
 
 static bool masked(const uint64_t *ex, uint32_t j)
@@ -677,6 +680,43 @@ static int walk_runs(struct plan *p, uint32_t *seg_pos, uint64_t *seg_addr)
 	return 0;
 }
 
+/*
+ * The slice's row cache, grown to the power of two of slots at or above sel_cap (one
+ * call's rows, direct-mapped by position); false when it does not fit in
+ * the backend's cache allowance or the device refuses: the item then reads every
+ * record from the store, as without a cache.
+ */
+static bool ensure_rc(struct cu_ctx *cx, struct cu_slice *cs, uint32_t sel_cap,
+		      uint32_t rec_bytes)
+{
+	uint32_t want = 256;
+	uint32_t *tag = NULL;
+	uint8_t *data = NULL;
+
+	while (want < sel_cap && want < (1u << 30))
+		want *= 2;
+	if (cs->rc_slots >= want && cs->rc_rec_bytes == rec_bytes)
+		return true;
+	cu_rc_free(cx, cs);
+	const uint64_t bytes = (uint64_t)want * (rec_bytes + sizeof(uint32_t));
+	if (cx->rc_bytes + bytes > cx->rc_cap)
+		return false;
+	if (cudaMalloc((void **)&tag, (size_t)want * sizeof(uint32_t)) != cudaSuccess ||
+	    cudaMalloc((void **)&data, (size_t)want * rec_bytes) != cudaSuccess ||
+	    cudaMemsetAsync(tag, 0, (size_t)want * sizeof(uint32_t), cx->st) != cudaSuccess) {
+		cudaFree(tag);
+		cudaFree(data);
+		cudaGetLastError();
+		return false;
+	}
+	cs->rc_slots = want;
+	cs->rc_rec_bytes = rec_bytes;
+	cs->rc_tag = tag;
+	cs->rc_data = data;
+	cx->rc_bytes += bytes;
+	return true;
+}
+
 static void layout_call2(struct plan *pl, uint32_t n, bool full, struct layout2 *L)
 {
 	size_t off = 0;
@@ -725,7 +765,7 @@ static void layout_call2(struct plan *pl, uint32_t n, bool full, struct layout2 
 		p->o_alpha = off;
 		off = al(off + (size_t)p->g * sizeof(float));
 		p->o_info = off;
-		off = al(off + 2 * sizeof(uint32_t));
+		off = al(off + SPARQ_CU_INFO_WORDS * sizeof(uint32_t));
 		p->o_y = off;
 		off = al(off + (size_t)p->g * p->d * sizeof(float));
 	}
@@ -742,6 +782,12 @@ static void layout_call2(struct plan *pl, uint32_t n, bool full, struct layout2 
 	for (uint32_t i = 0; i < n; i++) {
 		pl[i].o_sel_hist = off;  /* then the 4 words of sel_state */
 		off = al(off + (4 * 256 + 4) * sizeof(uint32_t));
+		if (pl[i].rc) {
+			pl[i].o_rc_mark = off;
+			off = al(off + (size_t)pl[i].rc->rc_slots * sizeof(uint32_t));
+		}
+		if (pl[i].rc && pl[i].sel_cap > L->rc_rows_max)
+			L->rc_rows_max = pl[i].sel_cap;
 	}
 	L->scr_end = off;
 	for (uint32_t i = 0; i < n; i++) {
@@ -831,6 +877,10 @@ static int fill_inputs2(struct cu_ctx *cx, struct plan *pl, uint32_t n, bool ful
 			.sel_cnt = (uint32_t *)(D + p->o_sel_cnt),
 			.sel_off = (uint32_t *)(D + p->o_sel_off),
 			.n_sel_chunks = p->sel_chunks,
+			.rc_slots = p->rc ? p->rc->rc_slots : 0,
+			.rc_tag = p->rc ? p->rc->rc_tag : NULL,
+			.rc_data = p->rc ? p->rc->rc_data : NULL,
+			.rc_mark = p->rc ? (uint32_t *)(D + p->o_rc_mark) : NULL,
 		};
 		memcpy(H + p->o_q, it->q, (size_t)p->g * p->d * sizeof(float));
 		if (it->exclude)
@@ -902,6 +952,12 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		struct plan *p = &pl[i];
 		p->region = region_for(cx, p->store);
 		staged |= full && !p->region;
+		p->rc = NULL;
+		if (full && p->region && !cx->rc_off && p->rec_bytes % 16 == 0) {
+			struct cu_slice *cs = cu_slice_of(sparq_stream_slice(p->it->stream));
+			if (ensure_rc(cx, cs, p->sel_cap, p->rec_bytes))
+				p->rc = cs;
+		}
 		if (full && p->region) {
 			ret = walk_runs(p, NULL, NULL);
 			if (ret) {
@@ -958,6 +1014,8 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	}
 	CK(cudaEventRecord(cx->ev[3], st), "event");
 	if (full)
+		CK(sparq_cu_launch_rc_probe(st, items, n, L.rc_rows_max), "row cache kernel launch");
+	if (full)
 		CK(sparq_cu_launch_exact2(st, items, n, L.ex_chunks_max, L.g_max),
 		   "exact kernels launch");
 	CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
@@ -990,7 +1048,12 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		if (!full)
 			continue;
 		memcpy(it->y, cx->h_buf + p->o_y, (size_t)p->g * p->d * sizeof(float));
-		b->stats.record_bytes += (uint64_t)it->n_sel * p->rec_bytes;
+		/* rows found in the row cache were not read from the store */
+		const uint32_t hits = p->rc ? ((const uint32_t *)(cx->h_buf + p->o_info))[2] : 0;
+		if (p->rc)
+			b->stats.cache_rows += it->n_sel;
+		b->stats.cache_hits += hits;
+		b->stats.record_bytes += (uint64_t)(it->n_sel - hits) * p->rec_bytes;
 		for (uint32_t h = 0; h < p->g; h++)
 			blended |= alpha[h] < 1.0f;
 		if (blended && it->exclude)
@@ -1172,8 +1235,12 @@ int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct spa
 		goto err;
 	}
 	/* read once at open: the whole backend runs one generation of kernels */
-	const char *kv = getenv("SPARQ_CUDA_KERNELS");
+	const char *kv = getenv("SPARQ_CUDA_KERNELS"), *rc = getenv("SPARQ_CUDA_ROWCACHE");
 	cx->kernels_v1 = kv && strcmp(kv, "v1") == 0;
+	cx->rc_off = rc && strcmp(rc, "0") == 0;
+	/* row caches hold about one call's rows per stream: at ratio 1/8 a quarter of
+	 * what the key slices take, so a quarter of their budget bounds them */
+	cx->rc_cap = budget / 4;
 	cx->pub.ops = &cuda_ops;
 	cx->pub.ctx = cx;
 	cu_update_detail(cx);

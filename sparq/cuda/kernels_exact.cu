@@ -16,6 +16,12 @@
  * phase), else from the staged rows; then the g heads' logits, the block's softmax
  * max and sum, and Σ p·V per head go out as partials. exact2_merge folds the partials
  * in fp32 and blends with v̄, as exact_kernel's last step does.
+ *
+ * Row cache (zero-copy items whose stream has one): rc_probe marks the cache slots
+ * that hold a selected row and lets each missing row claim a slot no selected row
+ * hits; exact2 then reads hits from GPU memory and writes each claimed row back from
+ * shared memory. A hit slot is never written in the same call, so no block reads a
+ * slot another block is refilling.
  */
 #include <math.h>
 
@@ -129,12 +135,25 @@ __global__ void exact_kernel(const struct sparq_cu_item *items)
 #define EX2_WARPS (EX2_THREADS / 32)
 static_assert(SPARQ_CU_EX_ROWS_MAX <= EX2_THREADS, "one row address per thread");
 
-/* Address of selected row i: in the staged rows, or found in the record-run table. */
-__device__ __forceinline__ const uint8_t *ex2_row(const struct sparq_cu_item *it, uint32_t i)
+/*
+ * Address of selected row i: in the staged rows, in the row cache, or found in the
+ * record-run table; *refill gets the cache slot this row is to be written to, or
+ * UINT32_MAX.
+ */
+__device__ __forceinline__ const uint8_t *ex2_row(const struct sparq_cu_item *it, uint32_t i,
+						  uint32_t *refill)
 {
+	*refill = UINT32_MAX;
 	if (!it->seg_pos)
 		return it->rows + (size_t)i * it->rec_bytes;
 	const uint32_t j = it->sel[i];
+	if (it->rc_tag) {
+		const uint32_t s = j & (it->rc_slots - 1), mk = it->rc_mark[s];
+		if ((mk & SPARQ_CU_RC_HIT) && it->rc_tag[s] == j + 1)
+			return it->rc_data + (size_t)s * it->rec_bytes;
+		if (mk == i + 1)
+			*refill = s;
+	}
 	uint32_t lo = 0, hi = it->n_seg;  /* seg_pos[lo] <= j < seg_pos[hi] */
 
 	while (hi - lo > 1) {
@@ -153,6 +172,7 @@ exact2_kernel(const struct sparq_cu_item *items)
 {
 	__shared__ uint4 rec[SPARQ_CU_EX_BYTES / 16];
 	__shared__ const uint8_t *src[SPARQ_CU_EX_ROWS_MAX];
+	__shared__ uint32_t refill[SPARQ_CU_EX_ROWS_MAX];
 	__shared__ float p[SPARQ_CU_EX_LOGITS]; /* [g][R] */
 	const struct sparq_cu_item *it = &items[blockIdx.y];
 	const uint32_t R = it->ex_rows, d = it->d, g = it->g, dt = it->dtype;
@@ -166,9 +186,12 @@ exact2_kernel(const struct sparq_cu_item *items)
 	const uint32_t rows = min(R, n - i0);
 
 	/* rows <= SPARQ_CU_EX_ROWS_MAX < EX2_THREADS: one address per thread at most */
-	const uint8_t *mine = threadIdx.x < rows ? ex2_row(it, i0 + threadIdx.x) : NULL;
-	if (threadIdx.x < rows)
+	uint32_t my_refill = UINT32_MAX;
+	const uint8_t *mine = threadIdx.x < rows ? ex2_row(it, i0 + threadIdx.x, &my_refill) : NULL;
+	if (threadIdx.x < rows) {
 		src[threadIdx.x] = mine;
+		refill[threadIdx.x] = my_refill;
+	}
 	if (__syncthreads_and((rb & 15u) == 0 && ((uintptr_t)mine & 15u) == 0)) {
 		/* 16-byte words; four loads issued before their stores keep reads in flight */
 		const uint32_t wpr = rb / 16, nw = rows * wpr;
@@ -196,6 +219,18 @@ exact2_kernel(const struct sparq_cu_item *items)
 			r16[w] = ((const uint16_t *)src[w / wpr])[w % wpr];
 	}
 	__syncthreads();
+
+	if (it->rc_tag) {
+		/* rows this block claimed go into the cache (rec_bytes % 16 == 0 there) */
+		const uint32_t wpr = rb / 16, nw = rows * wpr;
+		for (uint32_t w = threadIdx.x; w < nw; w += blockDim.x) {
+			const uint32_t s = refill[w / wpr];
+			if (s != UINT32_MAX)
+				((uint4 *)(it->rc_data + (size_t)s * rb))[w % wpr] = rec[w];
+		}
+		if (threadIdx.x < rows && my_refill != UINT32_MAX)
+			it->rc_tag[my_refill] = it->sel[i0 + threadIdx.x] + 1;
+	}
 
 	/* logits: one warp per (row, head), lanes over channels; q scaled first (fp16 range) */
 	const float inv = 1.0f / sqrtf((float)d);
@@ -315,6 +350,53 @@ extern "C" cudaError_t sparq_cu_launch_exact(cudaStream_t st, const struct sparq
 		return cudaErrorInvalidValue;
 	exact_kernel<<<dim3(n_items, g_max), EXACT_WARPS * 32, 0, st>>>(items);
 	return cudaGetLastError();
+}
+
+#define RC_THREADS 256
+
+/* pass 0: mark the slots selected rows hit, count the hits; pass 1: misses claim. */
+__global__ void rc_probe_kernel(const struct sparq_cu_item *items, int pass)
+{
+	const struct sparq_cu_item *it = &items[blockIdx.y];
+
+	if (!it->rc_tag)
+		return; /* uniform over the block */
+	const uint32_t n = min(it->info[0], it->sel_cap);
+	const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+	bool hit = false;
+
+	if (i < n) {
+		const uint32_t j = it->sel[i], s = j & (it->rc_slots - 1);
+		hit = it->rc_tag[s] == j + 1;
+		if (pass == 0 && hit)
+			atomicOr(&it->rc_mark[s], SPARQ_CU_RC_HIT);
+		if (pass == 1 && !hit)
+			atomicCAS(&it->rc_mark[s], 0u, i + 1);
+	}
+	if (pass == 0) {
+		/* one atomic per block, not per row */
+		const int hits = __syncthreads_count(hit);
+		if (threadIdx.x == 0 && hits)
+			atomicAdd(&it->info[2], (uint32_t)hits);
+	}
+}
+
+extern "C" cudaError_t sparq_cu_launch_rc_probe(cudaStream_t st, const struct sparq_cu_item *items,
+						uint32_t n_items, uint32_t rows_max)
+{
+	cudaError_t e;
+
+	if (!items || n_items == 0 || n_items > 65535)
+		return cudaErrorInvalidValue;
+	if (rows_max == 0)
+		return cudaSuccess;
+	const dim3 grid((rows_max + RC_THREADS - 1) / RC_THREADS, n_items);
+	for (int pass = 0; pass < 2; pass++) {
+		rc_probe_kernel<<<grid, RC_THREADS, 0, st>>>(items, pass);
+		if ((e = cudaGetLastError()) != cudaSuccess)
+			return e;
+	}
+	return cudaSuccess;
 }
 
 extern "C" cudaError_t sparq_cu_launch_exact2(cudaStream_t st, const struct sparq_cu_item *items,

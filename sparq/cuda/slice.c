@@ -149,6 +149,19 @@ static int upload(struct cu_ctx *cx, struct cu_slice *cs, uint32_t pos, uint32_t
 	return 0;
 }
 
+void cu_rc_free(struct cu_ctx *cx, struct cu_slice *cs)
+{
+	if (!cs->rc_slots)
+		return;
+	cudaFree(cs->rc_tag);
+	cudaFree(cs->rc_data);
+	cudaGetLastError();
+	cx->rc_bytes -= (uint64_t)cs->rc_slots * (cs->rc_rec_bytes + sizeof(uint32_t));
+	cs->rc_slots = 0;
+	cs->rc_tag = NULL;
+	cs->rc_data = NULL;
+}
+
 int cu_slice_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
 		   const uint16_t *k_rows)
 {
@@ -165,6 +178,10 @@ int cu_slice_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
 			ret = cu_fail(cx, e, "cudaSetDevice");
 			goto out;
 		}
+		/* positions written again may hold other records now: forget the cache
+		 * (appends write at the end and keep it) */
+		if (pos < cs->len)
+			cu_rc_free(cx, cs);
 		ret = reserve_pages(cx, cs, pos + n - 1);
 		if (ret == -ENOSPC || ret == -ENOMEM) {
 			/* no room on the GPU for this stream: the CPU backend serves it */
@@ -196,6 +213,8 @@ void cu_slice_destroy(void *ctx, struct sparq_slice *sl)
 	cs = cu_slice_of(sl);
 	pthread_mutex_lock(&cx->mu);
 	release_pages(cx, cs);
+	cudaSetDevice(cx->dev);
+	cu_rc_free(cx, cs);
 	cx->n_slices--;
 	if (!cs->on_gpu)
 		cx->n_fallback--;
