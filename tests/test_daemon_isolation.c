@@ -284,16 +284,11 @@ static void child_resume(int fd, uint64_t sid)
 	struct raw_client c;
 	uint64_t ids[4];
 	char why[256];
-	int ret = -EBUSY;
+	int ret;
 
 	hello_or_die(&c);
-	/* the first child's connection is retired by a worker: its open copy may linger */
-	for (int tries = 0; tries < 1000; tries++) {
-		ret = raw_session_op(&c, SPARQ__V1__REQUEST__BODY_RESUME, sid, why, sizeof(why));
-		if (ret != -EBUSY)
-			break;
-		t_daemon_sleep_ms(10);
-	}
+	/* the first child's connection may still be retiring: resume waits for it */
+	ret = raw_session_op(&c, SPARQ__V1__REQUEST__BODY_RESUME, sid, why, sizeof(why));
 	CHECK(ret == 0, "uid %u resumes its own parked session: %d (%s)", OTHER_UID, ret, why);
 	ret = gather_check(&c, sid, sid, why);
 	CHECK(ret == 0, "resumed session's rows: %d (%s)", ret, why);
@@ -345,14 +340,7 @@ int main(void)
 
 	/* and nothing of root's changed: the open session's rows, the parked one resumes */
 	CHECK(gather_check(&root, open_sid, open_sid, why) == 0, "root's open session: %s", why);
-	for (int tries = 0; tries < 1000; tries++) {
-		/* -EBUSY while a worker still retires the first connection's open copy */
-		ret = raw_session_op(&root, SPARQ__V1__REQUEST__BODY_RESUME, parked_sid, why,
-				     sizeof(why));
-		if (ret != -EBUSY)
-			break;
-		t_daemon_sleep_ms(10);
-	}
+	ret = raw_session_op(&root, SPARQ__V1__REQUEST__BODY_RESUME, parked_sid, why, sizeof(why));
 	CHECK(ret == 0, "root resumes its parked session: %d (%s)", ret, why);
 	CHECK(gather_check(&root, parked_sid, parked_sid, why) == 0, "root's parked session: %s",
 	      why);
