@@ -212,6 +212,8 @@ static int hello(struct sparq_client *c, const char *name, size_t shm_bytes)
 	c->submit_fd = fds[1];
 	c->complete_fd = fds[2];
 	fds[1] = fds[2] = -1;
+	/* this library keeps SPARQ_CQ_WAITING up to date: the daemon may skip doorbells */
+	sparq_cq_set_waiting(&c->shm, false);
 	c->client_id = resp->hello->client_id;
 	snprintf(c->backend, sizeof(c->backend), "%s",
 		 resp->hello->backend ? resp->hello->backend : "");

@@ -9,6 +9,11 @@
  * on the completion eventfd together with the control socket, so a daemon that dies
  * (socket hang-up) ends the wait with -EPIPE, and the wait is bounded (-ETIMEDOUT).
  *
+ * Doorbells both ways only when the other side sleeps (shm.h): the submit eventfd is
+ * written only when no daemon worker is polling the ring, and while we spin we tell
+ * the daemon (cq_flags) that a completion needs no eventfd write; before sleeping we
+ * raise SPARQ_CQ_WAITING and look at the ring once more.
+ *
  * The data area is reused by every request, so a request given up on (timeout) leaves
  * the daemon free to write into it later: until that request's completion arrives, no
  * new request is submitted (c->stale).
@@ -83,10 +88,11 @@ static int check_socket(struct sparq_client *c, short revents)
  * completion that already came (a late control reply and a late completion arriving
  * in the same wake-up did exactly that).
  */
-static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sparq_cqe *cqe,
-			   uint64_t deadline_ns)
+static int wait_completion_flagged(struct sparq_client *c, uint64_t user_data,
+				   struct sparq_cqe *cqe, uint64_t deadline_ns)
 {
 	uint64_t spin_end = now_ns() + SPARQ_CLIENT_SPIN_NS;
+	bool waiting = false;
 	int gone = 0;
 
 	for (;;) {
@@ -115,6 +121,12 @@ static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sp
 			return sparq_client_fail(c, -ETIMEDOUT,
 						 "no completion from the daemon within %u ms",
 						 c->timeout_ms);
+		if (!waiting) {
+			/* from now on the daemon rings; one more look at the ring first */
+			sparq_cq_set_waiting(&c->shm, true);
+			waiting = true;
+			continue;
+		}
 		struct pollfd p[2] = {
 			{ .fd = c->complete_fd, .events = POLLIN },
 			{ .fd = c->sock, .events = POLLIN | POLLRDHUP },
@@ -141,6 +153,15 @@ static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sp
 				return sparq_client_fail(c, -errno, "reading the completion doorbell failed");
 		}
 	}
+}
+
+static int wait_completion(struct sparq_client *c, uint64_t user_data, struct sparq_cqe *cqe,
+			   uint64_t deadline_ns)
+{
+	int ret = wait_completion_flagged(c, user_data, cqe, deadline_ns);
+
+	sparq_cq_set_waiting(&c->shm, false);
+	return ret;
 }
 
 /* Lets the completions of requests we gave up on arrive before reusing the data area. */
@@ -179,7 +200,7 @@ int sparq_client_submit_locked(struct sparq_client *c, struct sparq_sqe *sqe,
 	ret = sparq_sq_push(&c->shm, sqe);
 	if (ret)
 		return sparq_client_fail(c, -EPROTO, "the submission ring is full");
-	while (write(c->submit_fd, &one, sizeof(one)) < 0) {
+	while (sparq_sq_needs_doorbell(&c->shm) && write(c->submit_fd, &one, sizeof(one)) < 0) {
 		if (errno == EINTR)
 			continue;
 		if (errno == EAGAIN)

@@ -35,6 +35,7 @@ static const struct opt opts[] = {
 	{ "backend", OPT_BACKEND, OFF(backend), 0, 0, "auto|cpu|cuda (auto)" },
 	{ "threads", OPT_U32, OFF(threads), 0, 1024, "N: backend CPU threads, 0 = all CPUs (0)" },
 	{ "workers", OPT_U32, OFF(workers), 1, 256, "N: request worker threads (4)" },
+	{ "poll-us", OPT_U32, OFF(poll_us), 0, 100000, "N: a worker watches its client's submission ring this long after a request, 0 = off (50)" },
 	{ "ram-bytes", OPT_SIZE, OFF(ram_bytes), 1ull << 20, 1ull << 50, "SIZE: host RAM tier (1G)" },
 	{ "nvme-bytes", OPT_SIZE, OFF(nvme_bytes), 1ull << 20, 1ull << 56, "SIZE: NVMe tier (16G)" },
 	{ "chunk-bytes", OPT_SIZE32, OFF(chunk_bytes), 4096, 64ull << 20, "SIZE: placement unit, a multiple of 4K (512K)" },
@@ -256,6 +257,7 @@ static void defaults(struct sd_config *cfg)
 	cfg->socket_mode = 0600;
 	cfg->backend = SD_BACKEND_AUTO;
 	cfg->workers = 4;
+	cfg->poll_us = 50;
 	cfg->ram_bytes = 1ull << 30;
 	cfg->nvme_bytes = 16ull << 30;
 	cfg->chunk_bytes = 512u << 10;

@@ -25,6 +25,7 @@ struct sd_config {
 	enum sd_backend_choice backend;
 	uint32_t threads;                /* backend CPU threads, 0 = all CPUs */
 	uint32_t workers;                /* request worker threads */
+	uint32_t poll_us;                /* submission-ring polling after a request, 0 = off */
 	uint64_t ram_bytes, nvme_bytes;  /* tier capacities */
 	uint32_t chunk_bytes;            /* tier placement unit */
 	uint64_t shm_bytes;              /* default data area per client */

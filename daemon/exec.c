@@ -500,9 +500,45 @@ static void reply_ring(struct sd_client *c, const struct sd_req *r, const struct
 	if (res->err)
 		snprintf(cqe.why, sizeof(cqe.why), "%s", res->why ? res->why : "");
 	sparq_cq_push(&c->shm, &cqe);
-	/* the counter cannot overflow in practice; a failed write only delays the client */
-	if (write(c->complete_fd, &one, sizeof(one)) < 0)
+	/* a client spinning on the ring needs no wake-up (it said so in cq_flags); the
+	 * counter cannot overflow in practice; a failed write only delays the client */
+	if (sparq_cq_needs_doorbell(&c->shm) && write(c->complete_fd, &one, sizeof(one)) < 0)
 		return;
+}
+
+void sd_ring_answer_enomem(struct sparqd *d, struct sd_client *c, uint64_t user_data)
+{
+	struct sd_job failed = { .req = { .ring = true, .id = user_data, .err = -ENOMEM,
+					  .bad_item = -1 } };
+
+	snprintf(failed.req.why, sizeof(failed.req.why), "out of memory");
+	failed.t0 = sd_now_ns();
+	sd_exec(d, c, &failed);
+}
+
+int sd_ring_take(struct sparqd *d, struct sd_client *c, struct sd_job **out, uint64_t *lost)
+{
+	struct sd_lookup lk = { .t = &d->sessions, .uid = c->uid };
+	struct sd_req_ctx ctx = { .shm = &c->shm, .hello_done = true,
+				  .lookup = sd_sessions_geometry, .lookup_user = &lk };
+	struct sparq_sqe sqe;
+	struct sd_job *job;
+	int ret = sparq_sq_pop(&c->shm, &sqe);
+
+	*out = NULL;
+	if (ret <= 0)
+		return ret;
+	job = calloc(1, sizeof(*job));
+	if (!job) {
+		sd_log(&d->log, SD_LOG_ERROR, "out of memory: client %" PRIu64 " submission dropped",
+		       c->id);
+		*lost = sqe.user_data;
+		return -ENOMEM;
+	}
+	job->t0 = sd_now_ns();
+	sd_req_decode_sqe(&ctx, &sqe, &job->req);
+	*out = job;
+	return 1;
 }
 
 void sd_exec(struct sparqd *d, struct sd_client *c, struct sd_job *job)

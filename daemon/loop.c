@@ -358,36 +358,28 @@ static void client_readable(struct sparqd *d, struct sd_client *c, uint8_t *buf)
 
 static void client_doorbell(struct sparqd *d, struct sd_client *c)
 {
-	struct sd_lookup lk = { .t = &d->sessions, .uid = c->uid };
-	struct sd_req_ctx ctx = { .shm = &c->shm, .hello_done = true,
-				  .lookup = sd_sessions_geometry, .lookup_user = &lk };
-	struct sparq_sqe sqe;
-	uint64_t count;
+	struct sd_job *job;
+	uint64_t count, lost;
 	int ret;
 
 	if (read(c->submit_fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
 		return;
-	while ((ret = sparq_sq_pop(&c->shm, &sqe)) == 1) {
-		struct sd_job *job = calloc(1, sizeof(*job));
-
-		if (!job) {
-			sd_log(&d->log, SD_LOG_ERROR, "out of memory: client %" PRIu64 " submission dropped",
-			       c->id);
-			struct sd_job failed = { .req = { .ring = true, .id = sqe.user_data,
-							  .err = -ENOMEM, .bad_item = -1 } };
-			snprintf(failed.req.why, sizeof(failed.req.why), "out of memory");
-			failed.t0 = sd_now_ns();
+	/* its worker consumes the ring now, and rings again for what it leaves behind */
+	if (!sd_pool_ring_claim(d, c))
+		return;
+	while ((ret = sd_ring_take(d, c, &job, &lost)) != 0) {
+		if (ret == -ENOMEM) {
 			if (sd_pool_client_idle(d, c))
-				sd_exec(d, c, &failed);
+				sd_ring_answer_enomem(d, c, lost);
 			continue;
 		}
-		job->t0 = sd_now_ns();
-		sd_req_decode_sqe(&ctx, &sqe, &job->req);
+		if (ret < 0)
+			break;
 		dispatch(d, c, job);
 	}
-	if (ret < 0) {
-		struct sd_job *job = calloc(1, sizeof(*job));
-
+	sd_pool_ring_release(d, c);
+	if (ret == -EPROTO) {
+		job = calloc(1, sizeof(*job));
 		sd_log(&d->log, SD_LOG_WARN, "client %" PRIu64 ": submission ring tail is impossible",
 		       c->id);
 		if (!job)

@@ -8,7 +8,9 @@
  * and every client's receive side and submission ring. Workers run one client's jobs
  * at a time (c->running under pool.mu), so per-client order holds and a client's
  * completion ring and socket have one writer at a time: the worker running it, or the
- * loop while the client is idle (no job queued or running).
+ * loop while the client is idle (no job queued or running). While the worker running
+ * a client polls its submission ring (c->polling), that worker is the ring's consumer
+ * and the loop leaves it alone.
  */
 #ifndef SPARQD_SPARQD_H
 #define SPARQD_SPARQD_H
@@ -57,6 +59,8 @@ struct sd_client {
 	bool queued, running;
 	bool closing;                 /* no more jobs will come; teardown is queued */
 	bool dead;                    /* teardown ran: the loop may free it */
+	bool polling;                 /* its worker consumes the submission ring (workers.c) */
+	bool loop_takes;              /* the loop consumes it (a worker must not start) */
 	struct sd_client *next_ready;
 	struct sd_client *next_dead;
 	/* loop thread only */

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "exec.h"
@@ -43,6 +44,94 @@ static void teardown(struct sparqd *d, struct sd_client *c)
 	sd_sessions_conn_gone(&d->sessions, c->id);
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* Pool lock held: whether the worker running c should stop watching c's ring (or not
+ * start: the loop is taking submissions from it right now). */
+static bool poll_should_stop(struct sd_pool *p, struct sd_client *c)
+{
+	return p->stop || p->ready_head || c->head || c->loop_takes;
+}
+
+/*
+ * The pool lock is held on entry and on return; c is running on this worker, whose
+ * queue is empty. Watches c's submission ring for up to poll_us after each request,
+ * running what it takes. Afterwards whatever the client published while the flag was
+ * going down is handed to the loop by ringing the submit doorbell ourselves.
+ */
+static void poll_ring(struct sparqd *d, struct sd_client *c)
+{
+	struct sd_pool *p = &d->pool;
+	uint64_t end = now_ns() + (uint64_t)d->cfg.poll_us * 1000u;
+	bool left = false;
+
+	c->polling = true;
+	pthread_mutex_unlock(&p->mu);
+	sparq_sq_set_polling(&c->shm, true);
+	for (unsigned i = 1;; i++) {
+		struct sd_job *job;
+		uint64_t lost;
+		int ret;
+
+		if (sparq_sq_pending(&c->shm)) {
+			/* a request the loop queued meanwhile goes first: order per client */
+			pthread_mutex_lock(&p->mu);
+			left = poll_should_stop(p, c);
+			pthread_mutex_unlock(&p->mu);
+			if (left)
+				break;
+			ret = sd_ring_take(d, c, &job, &lost);
+			if (ret == -ENOMEM)
+				sd_ring_answer_enomem(d, c, lost);
+			if (ret < 0 && ret != -ENOMEM)
+				break;   /* an impossible tail: the loop answers it */
+			if (ret == 1) {
+				sd_exec(d, c, job);
+				sd_req_release(&job->req);
+				free(job);
+				end = now_ns() + (uint64_t)d->cfg.poll_us * 1000u;
+			}
+			if (ret != 0)
+				continue;
+		}
+		/* the lock costs little, but not on every turn of a tight loop */
+		if (i % 64 == 0) {
+			pthread_mutex_lock(&p->mu);
+			left = poll_should_stop(p, c);
+			pthread_mutex_unlock(&p->mu);
+			if (left || now_ns() >= end)
+				break;
+		}
+		cpu_relax();
+	}
+	sparq_sq_set_polling(&c->shm, false);
+	pthread_mutex_lock(&p->mu);
+	c->polling = false;
+	/* published after our last look, or while the loop still deferred to us: nobody
+	 * else rang for it (a failed write leaves it to the client's next doorbell) */
+	if (sparq_sq_pending(&c->shm)) {
+		uint64_t one = 1;
+
+		if (write(c->submit_fd, &one, sizeof(one)) < 0)
+			return;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	struct sparqd *d = arg;
@@ -60,26 +149,35 @@ static void *worker_main(void *arg)
 		if (!c)
 			break;
 		c->running = true;
-		while (c->head && budget--) {
-			struct sd_job *job = c->head;
+		for (;;) {
+			while (c->head && budget--) {
+				struct sd_job *job = c->head;
 
-			c->head = job->next;
-			if (!c->head)
-				c->tail = NULL;
-			pthread_mutex_unlock(&p->mu);
-			if (job->teardown)
-				teardown(d, c);
-			else
-				sd_exec(d, c, job);
-			sd_req_release(&job->req);
-			pthread_mutex_lock(&p->mu);
-			if (job->teardown) {
-				c->dead = true;
-				c->next_dead = p->dead;
-				p->dead = c;
-				wake_loop = true;
+				c->head = job->next;
+				if (!c->head)
+					c->tail = NULL;
+				pthread_mutex_unlock(&p->mu);
+				if (job->teardown)
+					teardown(d, c);
+				else
+					sd_exec(d, c, job);
+				sd_req_release(&job->req);
+				pthread_mutex_lock(&p->mu);
+				if (job->teardown) {
+					c->dead = true;
+					c->next_dead = p->dead;
+					p->dead = c;
+					wake_loop = true;
+				}
+				free(job);
 			}
-			free(job);
+			if (!d->cfg.poll_us || c->dead || !c->hello_done || c->head ||
+			    poll_should_stop(p, c))
+				break;
+			poll_ring(d, c);
+			/* a job queued meanwhile runs now, within the same budget */
+			if (!c->head || !budget)
+				break;
 		}
 		c->running = false;
 		if (c->head && !c->dead) {
@@ -158,6 +256,24 @@ void sd_pool_submit(struct sparqd *d, struct sd_client *c, struct sd_job *job)
 		pthread_cond_signal(&p->cv);
 	}
 	pthread_mutex_unlock(&p->mu);
+}
+
+bool sd_pool_ring_claim(struct sparqd *d, struct sd_client *c)
+{
+	bool ok;
+
+	pthread_mutex_lock(&d->pool.mu);
+	ok = !c->polling;
+	c->loop_takes = ok;
+	pthread_mutex_unlock(&d->pool.mu);
+	return ok;
+}
+
+void sd_pool_ring_release(struct sparqd *d, struct sd_client *c)
+{
+	pthread_mutex_lock(&d->pool.mu);
+	c->loop_takes = false;
+	pthread_mutex_unlock(&d->pool.mu);
 }
 
 bool sd_pool_client_idle(struct sparqd *d, struct sd_client *c)

@@ -254,3 +254,43 @@ int sparq_cq_pop(struct sparq_shm *s, struct sparq_cqe *out)
 	atomic_store_explicit(&s->hdr->cq_head, s->cq_head, memory_order_release);
 	return 1;
 }
+
+bool sparq_sq_needs_doorbell(struct sparq_shm *s)
+{
+	/* the tail store (release) must be visible before the flag is read */
+	atomic_thread_fence(memory_order_seq_cst);
+	return !(atomic_load_explicit(&s->hdr->sq_flags, memory_order_relaxed) & SPARQ_SQ_POLLING);
+}
+
+void sparq_sq_set_polling(struct sparq_shm *s, bool on)
+{
+	atomic_store_explicit(&s->hdr->sq_flags, on ? SPARQ_SQ_POLLING : 0u, memory_order_relaxed);
+	/* lowered: visible before the caller's last look at the ring */
+	if (!on)
+		atomic_thread_fence(memory_order_seq_cst);
+}
+
+bool sparq_sq_pending(struct sparq_shm *s)
+{
+	return atomic_load_explicit(&s->hdr->sq_tail, memory_order_acquire) != s->sq_head;
+}
+
+void sparq_cq_set_waiting(struct sparq_shm *s, bool waiting)
+{
+	atomic_store_explicit(&s->hdr->cq_flags,
+			      SPARQ_CQ_WAKE_ON_FLAG | (waiting ? SPARQ_CQ_WAITING : 0u),
+			      memory_order_relaxed);
+	/* raised: visible before the caller's last look at the ring */
+	if (waiting)
+		atomic_thread_fence(memory_order_seq_cst);
+}
+
+bool sparq_cq_needs_doorbell(struct sparq_shm *s)
+{
+	uint32_t f;
+
+	/* the completion's tail store must be visible before the flag is read */
+	atomic_thread_fence(memory_order_seq_cst);
+	f = atomic_load_explicit(&s->hdr->cq_flags, memory_order_relaxed);
+	return !(f & SPARQ_CQ_WAKE_ON_FLAG) || (f & SPARQ_CQ_WAITING);
+}

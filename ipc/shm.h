@@ -25,11 +25,24 @@
  * acquire load, copies the entry, then publishes head with a release store. A client
  * never has more than ring_entries requests in flight, so the completion ring cannot
  * overflow; the daemon takes a submission only when it holds a free completion slot.
+ *
+ * Doorbells only when the other side sleeps (io_uring's SQ_NEED_WAKEUP pattern, both
+ * ways). A daemon thread that polls a client's submission ring raises SPARQ_SQ_POLLING
+ * in sq_flags, and the client skips the submit eventfd while it sees it. A client that
+ * raises SPARQ_CQ_WAKE_ON_FLAG in cq_flags promises to raise SPARQ_CQ_WAITING before
+ * it sleeps on the completion eventfd, and the daemon writes that eventfd only then.
+ * Each side publishes (its tail, or its flag), issues a seq_cst fence, then reads the
+ * other side's word (the flag, or the ring): at least one of the two sees the other,
+ * so no request or completion is left without a wake-up. Both words start 0, which
+ * means "always ring": a side that knows nothing of them works as before. The daemon
+ * never takes the flags for more than a hint: a client that lies about them only
+ * delays or wakes itself.
  */
 #ifndef SPARQ_IPC_SHM_H
 #define SPARQ_IPC_SHM_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,7 +125,13 @@ struct sparq_shm_header {
 	_Alignas(64) _Atomic uint32_t sq_tail;   /* client */
 	_Alignas(64) _Atomic uint32_t cq_head;   /* client */
 	_Alignas(64) _Atomic uint32_t cq_tail;   /* daemon */
+	_Alignas(64) _Atomic uint32_t sq_flags;  /* daemon: SPARQ_SQ_POLLING */
+	_Alignas(64) _Atomic uint32_t cq_flags;  /* client: SPARQ_CQ_WAKE_ON_FLAG, _WAITING */
 };
+
+#define SPARQ_SQ_POLLING 1u        /* a daemon thread watches the submission ring */
+#define SPARQ_CQ_WAKE_ON_FLAG 1u   /* the client keeps SPARQ_CQ_WAITING up to date */
+#define SPARQ_CQ_WAITING 2u        /* the client sleeps (or is about to) on the eventfd */
 
 /* A mapped region and this side's private view of it. */
 struct sparq_shm {
@@ -169,5 +188,21 @@ int sparq_sq_pop(struct sparq_shm *shm, struct sparq_sqe *out);
 void sparq_cq_push(struct sparq_shm *shm, const struct sparq_cqe *cqe);
 /* Client: copies the next completion into *out; 1 taken, 0 empty, -EPROTO corrupt. */
 int sparq_cq_pop(struct sparq_shm *shm, struct sparq_cqe *out);
+
+/* Client, after sparq_sq_push: whether to write the submit eventfd (no daemon thread is
+ * polling the ring). Fences before reading the flag. */
+bool sparq_sq_needs_doorbell(struct sparq_shm *shm);
+/* Daemon: raises or lowers SPARQ_SQ_POLLING. Lowering fences: re-check the ring with
+ * sparq_sq_pending afterwards and take what arrived meanwhile (nobody rang for it). */
+void sparq_sq_set_polling(struct sparq_shm *shm, bool on);
+/* Daemon: whether the client published a submission not taken yet (a cheap look for a
+ * poller; sparq_sq_pop decides what is valid). */
+bool sparq_sq_pending(struct sparq_shm *shm);
+/* Client: enters (waiting) or leaves the state where it needs the completion eventfd.
+ * Entering fences: re-check the ring with sparq_cq_pop before sleeping. */
+void sparq_cq_set_waiting(struct sparq_shm *shm, bool waiting);
+/* Daemon, after sparq_cq_push: whether to write the completion eventfd. Fences before
+ * reading the flag. */
+bool sparq_cq_needs_doorbell(struct sparq_shm *shm);
 
 #endif
