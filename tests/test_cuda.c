@@ -10,7 +10,7 @@
  * several select chunks and exact-step blocks, all-tied keys, dense items and both
  * fetch paths; the row cache serves a repeated selection from GPU memory (one row per
  * cache slot, the same y bit for bit), survives a decode append, and is off with
- * SPARQ_CUDA_ROWCACHE=0. Results are checked against the double-precision reference.
+ * SPARQ_CUDA_ROWCACHE=0; one stream twice in a call stays right. Results are checked against the double-precision reference.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -496,6 +496,24 @@ static void test_row_cache(const struct sparq_backend_config *cfg)
 	check_ref("cache: after an append", &x, NULL, &c);
 	printf("cache: next step found %llu of %u rows in the cache\n",
 	       (unsigned long long)bc.stats.cache_hits, c.n_sel);
+
+	/* one stream twice in a call (k and 2k): only the first item uses the cache */
+	struct sparq_attend_item two[2] = {
+		item_for(s, &x, NULL, 16, k, SPARQ_BLEND_ON),
+		item_for(s, &x, NULL, 16, 2 * k, SPARQ_BLEND_ON),
+	};
+	struct sparq_attend_batch b2 = { .items = two, .n = 2 };
+	for (int rep = 0; rep < 2; rep++) {
+		memset(&b2.stats, 0, sizeof(b2.stats));
+		ret = sparq_backend_attend(be, &b2);
+		T_CHECK(ret == 0, "one stream twice: %d %s", ret, b2.why ? b2.why : "");
+		T_CHECK(b2.stats.cache_rows == two[0].n_sel, "one stream twice: %llu rows looked up",
+			(unsigned long long)b2.stats.cache_rows);
+		check_ref("cache: one stream twice, k", &x, NULL, &two[0]);
+		check_ref("cache: one stream twice, 2k", &x, NULL, &two[1]);
+	}
+	free_item(&two[0]);
+	free_item(&two[1]);
 
 	/* switched off: nothing looked up, the same rows */
 	T_CHECK(setenv("SPARQ_CUDA_ROWCACHE", "0", 1) == 0, "setenv");

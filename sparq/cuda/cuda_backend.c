@@ -955,7 +955,13 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		p->rc = NULL;
 		if (full && p->region && !cx->rc_off && p->rec_bytes % 16 == 0) {
 			struct cu_slice *cs = cu_slice_of(sparq_stream_slice(p->it->stream));
-			if (ensure_rc(cx, cs, p->sel_cap, p->rec_bytes))
+			bool first = true;
+
+			/* one item per stream uses its cache in a call: two would refill slots
+			 * the other reads, each probing only its own selection */
+			for (uint32_t j = 0; j < i; j++)
+				first &= pl[j].rc != cs;
+			if (first && ensure_rc(cx, cs, p->sel_cap, p->rec_bytes))
 				p->rc = cs;
 		}
 		if (full && p->region) {
