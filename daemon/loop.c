@@ -287,10 +287,11 @@ static void undo_hello(struct sparqd *d, struct sd_client *c)
 	c->hello_done = false;
 }
 
-/* Answers now when c is idle (keeps per-client order), else queues behind its work. */
+/* Answers now when c is idle (keeps per-client order), else queues behind its work. A
+ * ring NOP is a worker's like any ring request: it measures the path an attend takes. */
 static void dispatch(struct sparqd *d, struct sd_client *c, struct sd_job *job)
 {
-	bool cheap = job->req.err || job->req.op == SD_OP_NOP;
+	bool cheap = job->req.err || (job->req.op == SD_OP_NOP && !job->req.ring);
 
 	if (cheap && sd_pool_client_idle(d, c)) {
 		sd_exec(d, c, job);

@@ -6,17 +6,28 @@
  * the same backend and thread count over the daemon's kind of store: a tier manager
  * with the same RAM and NVMe capacities (--inproc-store heap: the plain heap store,
  * which reads records in place and so also shows what the tiers' copying gather
- * costs). The two sides then differ only by the IPC path. Then, in one
- * interleaved loop, each repetition times:
- *   - the batched attend of all 8 KV heads in-process (sparq_backend_attend);
- *   - the same attend through the daemon (sparq_attend: q into the shared area, one
- *     ring descriptor, the doorbell, the completion, y back out);
- *   - a ping (an empty ring request): the IPC floor.
- * The overhead of a call is its through-daemon time minus the in-process time of the
- * same repetition; p50/p99 of that paired difference are compared with the target
- * (20 µs p50). Orders alternate between repetitions so neither side always runs on
- * the warmer cache. y from both sides is compared with memcmp: the benchmark measures
- * the same call, not a cheaper one.
+ * costs). The two sides then differ only by the IPC path, measured in two regimes:
+ *
+ *   steady (a decode loop: the engine calls once per layer, back to back): blocks of
+ *   BLOCK consecutive attends through the daemon alternate with blocks of BLOCK
+ *   consecutive in-process attends of the same layer, so drift (other tenants, clock
+ *   changes) hits both sides alike; overhead = median(through daemon) - median(in-
+ *   process), and the same for p99. Blocks of back-to-back pings (an empty ring
+ *   request, the IPC floor) rotate with them. The first call of every block is left
+ *   out: it follows the other side's block, so it is not in the regime measured.
+ *   The 20 us target of issue 4 is judged on this regime: it is what a decode loop
+ *   sees, one attend per layer with nothing in between but the engine's own work.
+ *
+ *   cold (each daemon call after an idle gap, --gap-us, longer than the daemon's
+ *   poll window): the paired measurement, each repetition times the attend through
+ *   the daemon and in-process, overhead = their difference, p50/p99 of that; then,
+ *   after another gap, one ping. This is the latency of a request that finds the
+ *   daemon's workers and the client's CPU asleep: every wake-up is paid.
+ *
+ * Orders alternate between repetitions so neither side always runs on the warmer
+ * cache. y from both sides is compared with memcmp: the benchmark measures the same
+ * call, not a cheaper one. Pings take the same path as any ring request (a worker
+ * runs them), so the ping floor is the floor of an attend.
  *
  * The load run: N client threads, each with its own connection and session, attend
  * for a fixed time; aggregate calls/s and p50/p99 latency, next to the in-process
@@ -31,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "bench_ipc.h"
@@ -52,13 +64,15 @@
 #define N_QUERIES 8u           /* rotated between repetitions */
 #define FILL 1024u             /* tokens per append while building */
 #define WARMUP 10u
+#define BLOCK 50u              /* consecutive calls of one side in the steady regime */
+#define GAP_US_DEFAULT 1000u   /* idle gap before a cold call: 20x the default --poll-us */
 #define TARGET_US 20.0         /* issue 4: IPC overhead of one batched attend, p50 */
 #define LOAD_SAMPLES_MAX (1u << 20)
 #define SEED 0x1bc5eedULL
 
 struct ipc_opts {
 	uint32_t ctx[MAX_CTX], n_ctx;
-	uint32_t reps, clients, threads, workers;
+	uint32_t reps, clients, threads, workers, gap_us;
 	double load_s;
 	float ratio;
 	const char *backend;
@@ -69,11 +83,18 @@ struct ipc_opts {
 	char tiers_dir[64];      /* the in-process tier manager's directory */
 };
 
+/* Per-call latencies of one regime, µs. */
+struct regime {
+	uint32_t n;                        /* samples per side */
+	double local_p50, local_p99, ipc_p50, ipc_p99, ping_p50, ping_p99;
+	double over_p50, over_p99;         /* steady: difference of the percentiles;
+					    * cold: percentiles of the paired difference */
+};
+
 struct ctx_result {
-	uint32_t S, reps;
-	double local_p50, local_p99, ipc_p50, ipc_p99, ping_p50, ping_p99;  /* µs */
-	double over_p50, over_p99;     /* paired differences, µs */
-	double local_mean, ipc_mean;
+	uint32_t S;
+	struct regime steady, cold;
+	double local_mean;                 /* µs, steady: the load run's single caller */
 	bool identical;
 	uint32_t r, k;
 };
@@ -102,11 +123,15 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: sparq-bench ipc [options]\n"
 		"  One decode-step attention of a llama3-8b layer (8 KV heads, one batched call)\n"
-		"  through sparqd versus the same call in-process, per-call overhead p50/p99 next\n"
-		"  to the ping floor and the 20 us target, then a load run of concurrent clients.\n"
+		"  through sparqd versus the same call in-process, per-call overhead p50/p99 in\n"
+		"  two regimes: steady (back-to-back calls, a decode loop; the 20 us target is\n"
+		"  judged here) and cold (each call after an idle gap), next to the ping floor;\n"
+		"  then a load run of concurrent clients.\n"
 		"  --context LIST   comma-separated context lengths (default 4096,32768)\n"
-		"  --reps N         timed repetitions at 4096 (default 400; fewer for longer\n"
-		"                   contexts, at least 50)\n"
+		"  --reps N         timed calls per side and regime at 4096 (default 400; fewer\n"
+		"                   for longer contexts, at least 50)\n"
+		"  --gap-us N       idle gap before each cold call (default 1000; longer than\n"
+		"                   the daemon's --poll-us, or the cold regime is not cold)\n"
 		"  --clients N      load-run clients, each its own connection and session (default 4)\n"
 		"  --load-seconds S load-run duration (default 3)\n"
 		"  --threads N      backend threads, the same in the daemon and in-process (default 1)\n"
@@ -149,13 +174,15 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 		{ "ratio", required_argument, NULL, 'r' },   { "backend", required_argument, NULL, 'b' },
 		{ "socket", required_argument, NULL, 's' },  { "json", no_argument, NULL, 'j' },
 		{ "inproc-store", required_argument, NULL, 'S' },
+		{ "gap-us", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },          { NULL, 0, NULL, 0 },
 	};
 	char *end, *list, *tok, *save;
 	int opt;
 
 	*o = (struct ipc_opts){ .ctx = { 4096, 32768 }, .n_ctx = 2, .reps = 400, .clients = 4,
-				.threads = 1, .load_s = 3, .ratio = 8, .backend = "cpu" };
+				.threads = 1, .load_s = 3, .ratio = 8, .backend = "cpu",
+				.gap_us = GAP_US_DEFAULT };
 	optind = 0; /* argv[0] is the first option here: getopt must not skip it */
 	while ((opt = getopt_long(argc + 1, argv - 1, "h", lo, NULL)) != -1) {
 		switch (opt) {
@@ -196,6 +223,10 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 		case 'w':
 			if (parse_u32(optarg, 1, 256, &o->workers))
 				return usage_error("--workers: expected an integer in [1, 256], got", optarg);
+			break;
+		case 'g':
+			if (parse_u32(optarg, 0, 1000000, &o->gap_us))
+				return usage_error("--gap-us: expected an integer in [0, 1000000], got", optarg);
 			break;
 		case 'r':
 			o->ratio = strtof(optarg, &end);
@@ -405,6 +436,134 @@ static int attend_ipc(struct layer *l, const float *q, float *y)
 	return ret;
 }
 
+static void sleep_us(uint32_t us)
+{
+	struct timespec ts = { .tv_sec = us / 1000000u, .tv_nsec = (long)(us % 1000000u) * 1000 };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static int ping(struct sparq_client *c)
+{
+	int ret = sparq_ping(c);
+
+	if (ret)
+		fprintf(stderr, PROG ": ping: %s (%s)\n", strerror(-ret), sparq_client_error(c));
+	return ret;
+}
+
+/* Timed calls, one side and one regime: ns, and how many. */
+struct samples {
+	uint64_t *loc, *ipc, *ping;
+	int64_t *over;
+	uint32_t n_loc, n_ipc, n_ping;
+};
+
+/*
+ * Steady regime: blocks of BLOCK consecutive calls, rotating in-process attend,
+ * attend through the daemon, ping, until each side has n timed calls. The first call
+ * of a block is run but not kept (it follows another side's block).
+ */
+static int measure_steady(struct layer *l, const struct ipc_opts *o, float (*q)[N_Q * D],
+			  uint32_t n, struct samples *sm, bool *identical)
+{
+	static float y_loc[N_Q * D], y_ipc[N_Q * D];
+	int ret = 0;
+
+	for (uint32_t b = 0; !ret && (sm->n_loc < n || sm->n_ipc < n || sm->n_ping < n); b++) {
+		uint32_t side = b % 3;
+		for (uint32_t i = 0; i < BLOCK && !ret; i++) {
+			uint32_t qi = (b * BLOCK + i) % N_QUERIES;
+			uint64_t t0 = bench_now_ns(), dt;
+			if (side == 0)
+				ret = attend_local(l, q[qi], y_loc, o, NULL);
+			else if (side == 1)
+				ret = attend_ipc(l, q[qi], y_ipc);
+			else
+				ret = ping(l->c);
+			dt = bench_now_ns() - t0;
+			if (ret || i == 0)
+				continue;
+			if (side == 0 && sm->n_loc < n)
+				sm->loc[sm->n_loc++] = dt;
+			if (side == 1 && sm->n_ipc < n)
+				sm->ipc[sm->n_ipc++] = dt;
+			if (side == 2 && sm->n_ping < n)
+				sm->ping[sm->n_ping++] = dt;
+		}
+		/* the block's last y against the same query in-process, after the block */
+		if (!ret && side == 1) {
+			ret = attend_local(l, q[(b * BLOCK + BLOCK - 1) % N_QUERIES], y_loc, o, NULL);
+			*identical &= memcmp(y_loc, y_ipc, sizeof(y_loc)) == 0;
+		}
+	}
+	return ret;
+}
+
+/*
+ * Cold regime: n repetitions; each calls through the daemon after an idle gap of
+ * o->gap_us and in-process (alternating which goes first), then pings after another
+ * gap. The overhead is paired per repetition.
+ */
+static int measure_cold(struct layer *l, const struct ipc_opts *o, float (*q)[N_Q * D],
+			uint32_t n, struct samples *sm, bool *identical)
+{
+	static float y_loc[N_Q * D], y_ipc[N_Q * D];
+	int ret = 0;
+
+	for (uint32_t i = 0; i < n && !ret; i++) {
+		const float *qi = q[i % N_QUERIES];
+		uint64_t t0, t1, t2;
+
+		if (i & 1) {
+			t0 = bench_now_ns();
+			ret = attend_local(l, qi, y_loc, o, NULL);
+			t1 = bench_now_ns();
+			sleep_us(o->gap_us);
+			t2 = bench_now_ns();
+			ret = ret ? ret : attend_ipc(l, qi, y_ipc);
+			sm->loc[i] = t1 - t0;
+			sm->ipc[i] = bench_now_ns() - t2;
+		} else {
+			sleep_us(o->gap_us);
+			t0 = bench_now_ns();
+			ret = attend_ipc(l, qi, y_ipc);
+			t1 = bench_now_ns();
+			ret = ret ? ret : attend_local(l, qi, y_loc, o, NULL);
+			t2 = bench_now_ns();
+			sm->ipc[i] = t1 - t0;
+			sm->loc[i] = t2 - t1;
+		}
+		sleep_us(o->gap_us);
+		t0 = bench_now_ns();
+		ret = ret ? ret : ping(l->c);
+		sm->ping[i] = bench_now_ns() - t0;
+		sm->over[i] = (int64_t)sm->ipc[i] - (int64_t)sm->loc[i];
+		*identical &= memcmp(y_loc, y_ipc, sizeof(y_loc)) == 0;
+	}
+	sm->n_loc = sm->n_ipc = sm->n_ping = n;
+	return ret;
+}
+
+static void summarize(struct samples *sm, bool paired, struct regime *g)
+{
+	g->n = sm->n_ipc;
+	g->local_p50 = bench_percentile(sm->loc, sm->n_loc, 50) / 1e3;
+	g->local_p99 = bench_percentile(sm->loc, sm->n_loc, 99) / 1e3;
+	g->ipc_p50 = bench_percentile(sm->ipc, sm->n_ipc, 50) / 1e3;
+	g->ipc_p99 = bench_percentile(sm->ipc, sm->n_ipc, 99) / 1e3;
+	g->ping_p50 = bench_percentile(sm->ping, sm->n_ping, 50) / 1e3;
+	g->ping_p99 = bench_percentile(sm->ping, sm->n_ping, 99) / 1e3;
+	if (paired) {
+		g->over_p50 = pct_i64(sm->over, sm->n_ipc, 50) / 1e3;
+		g->over_p99 = pct_i64(sm->over, sm->n_ipc, 99) / 1e3;
+	} else {
+		g->over_p50 = g->ipc_p50 - g->local_p50;
+		g->over_p99 = g->ipc_p99 - g->local_p99;
+	}
+}
+
 static int run_context(struct sparq_client *c, const struct ipc_opts *o, uint32_t S,
 		       struct ctx_result *res)
 {
@@ -412,26 +571,24 @@ static int run_context(struct sparq_client *c, const struct ipc_opts *o, uint32_
 	struct layer l;
 	struct bench_rng r;
 	struct sparq_resolved used = { 0 };
+	struct samples sm = { 0 };
 	uint32_t reps = (uint32_t)((uint64_t)o->reps * 4096 / S);
-	uint64_t *t_loc = NULL, *t_ipc = NULL, *t_ping = NULL;
-	int64_t *over = NULL;
 	int ret;
 
 	if (reps < 50)
 		reps = o->reps < 50 ? o->reps : 50;
 	memset(res, 0, sizeof(*res));
 	res->S = S;
-	res->reps = reps;
 	res->identical = true;
 	fprintf(stderr, PROG ": context %u: building the layer in the daemon and in-process...\n", S);
 	ret = layer_build(&l, c, o, S, true, SEED ^ S);
 	if (ret)
 		goto out;
-	t_loc = calloc(reps, sizeof(*t_loc));
-	t_ipc = calloc(reps, sizeof(*t_ipc));
-	t_ping = calloc(reps, sizeof(*t_ping));
-	over = calloc(reps, sizeof(*over));
-	if (!t_loc || !t_ipc || !t_ping || !over) {
+	sm.loc = calloc(reps, sizeof(*sm.loc));
+	sm.ipc = calloc(reps, sizeof(*sm.ipc));
+	sm.ping = calloc(reps, sizeof(*sm.ping));
+	sm.over = calloc(reps, sizeof(*sm.over));
+	if (!sm.loc || !sm.ipc || !sm.ping || !sm.over) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -442,59 +599,32 @@ static int run_context(struct sparq_client *c, const struct ipc_opts *o, uint32_
 		if (!ret)
 			ret = attend_ipc(&l, q[i % N_QUERIES], y_ipc);
 		if (!ret)
-			ret = sparq_ping(c);
+			ret = ping(c);
 	}
-	fprintf(stderr, PROG ": context %u: %u interleaved repetitions...\n", S, reps);
-	for (uint32_t i = 0; i < reps && !ret; i++) {
-		const float *qi = q[i % N_QUERIES];
-		uint64_t t0, t1, t2, t3;
-		/* alternate which side runs first, so neither always finds the warmer cache */
-		if (i & 1) {
-			t0 = bench_now_ns();
-			ret = attend_ipc(&l, qi, y_ipc);
-			t1 = bench_now_ns();
-			ret = ret ? ret : attend_local(&l, qi, y_loc, o, NULL);
-			t2 = bench_now_ns();
-			t_ipc[i] = t1 - t0;
-			t_loc[i] = t2 - t1;
-		} else {
-			t0 = bench_now_ns();
-			ret = attend_local(&l, qi, y_loc, o, NULL);
-			t1 = bench_now_ns();
-			ret = ret ? ret : attend_ipc(&l, qi, y_ipc);
-			t2 = bench_now_ns();
-			t_loc[i] = t1 - t0;
-			t_ipc[i] = t2 - t1;
-		}
-		if (!ret && (ret = sparq_ping(c)))
-			fprintf(stderr, PROG ": ping: %s (%s)\n", strerror(-ret), sparq_client_error(c));
-		t3 = bench_now_ns();
-		t_ping[i] = t3 - t2;
-		over[i] = (int64_t)t_ipc[i] - (int64_t)t_loc[i];
-		res->identical &= memcmp(y_loc, y_ipc, sizeof(y_loc)) == 0;
-		res->local_mean += t_loc[i] / 1e3 / reps;
-		res->ipc_mean += t_ipc[i] / 1e3 / reps;
-	}
+	fprintf(stderr, PROG ": context %u: steady, %u calls per side in blocks of %u...\n", S, reps,
+		BLOCK);
+	ret = ret ? ret : measure_steady(&l, o, q, reps, &sm, &res->identical);
 	if (ret)
 		goto out;
+	for (uint32_t i = 0; i < sm.n_loc; i++)
+		res->local_mean += sm.loc[i] / 1e3 / sm.n_loc;
+	summarize(&sm, false, &res->steady);
+	fprintf(stderr, PROG ": context %u: cold, %u repetitions after %u us gaps...\n", S, reps,
+		o->gap_us);
+	ret = measure_cold(&l, o, q, reps, &sm, &res->identical);
+	if (ret)
+		goto out;
+	summarize(&sm, true, &res->cold);
 	res->r = used.r;
 	res->k = used.k;
-	res->over_p50 = pct_i64(over, reps, 50) / 1e3;
-	res->over_p99 = pct_i64(over, reps, 99) / 1e3;
-	res->local_p50 = bench_percentile(t_loc, reps, 50) / 1e3;
-	res->local_p99 = bench_percentile(t_loc, reps, 99) / 1e3;
-	res->ipc_p50 = bench_percentile(t_ipc, reps, 50) / 1e3;
-	res->ipc_p99 = bench_percentile(t_ipc, reps, 99) / 1e3;
-	res->ping_p50 = bench_percentile(t_ping, reps, 50) / 1e3;
-	res->ping_p99 = bench_percentile(t_ping, reps, 99) / 1e3;
 out:
 	if (l.c)
 		sparq_session_close(c, l.session);
 	layer_destroy(&l);
-	free(t_loc);
-	free(t_ipc);
-	free(t_ping);
-	free(over);
+	free(sm.loc);
+	free(sm.ipc);
+	free(sm.ping);
+	free(sm.over);
 	return ret;
 }
 
@@ -616,6 +746,16 @@ static int run_load(const struct ipc_opts *o, const char *socket, uint32_t S,
 	return ret;
 }
 
+static void print_regime(FILE *f, const char *name, const struct ctx_result *cr,
+			 const struct regime *g)
+{
+	fprintf(f, "%8u %-6s %6u %5u %5u | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f | %6.0f us "
+		   "%7.2f | %7.1f %7.1f | %s\n",
+		cr->S, name, g->n, cr->r, cr->k, g->local_p50, g->local_p99, g->ipc_p50, g->ipc_p99,
+		g->over_p50, g->over_p99, TARGET_US, g->over_p50 / TARGET_US, g->ping_p50,
+		g->ping_p99, cr->identical ? "yes" : "NO");
+}
+
 static void print_table(FILE *f, const struct ipc_opts *o, const char *backend,
 			const char *detail, const struct ctx_result *cr, uint32_t n,
 			const struct load_result *lr)
@@ -626,19 +766,25 @@ static void print_table(FILE *f, const struct ipc_opts *o, const char *backend,
 		   "in-process store: %s\n", backend, detail, o->backend, o->threads,
 		o->socket ? " (the running daemon's own setting applies to it)" : "",
 		o->heap ? "heap (records read in place)" : "tier manager like the daemon's");
-	fprintf(f, "\n%8s %6s %5s %5s | %17s | %17s | %17s | %9s %7s | %15s | %s\n", "context",
-		"reps", "r", "k", "in-process p50/99", "via daemon p50/99", "overhead p50/p99",
-		"target", "ratio", "ping p50/p99", "y identical");
+	fprintf(f, "\n%8s %-6s %6s %5s %5s | %17s | %17s | %17s | %9s %7s | %15s | %s\n", "context",
+		"regime", "calls", "r", "k", "in-process p50/99", "via daemon p50/99",
+		"overhead p50/p99", "target", "ratio", "ping p50/p99", "y identical");
+	for (uint32_t i = 0; i < n; i++) {
+		print_regime(f, "steady", &cr[i], &cr[i].steady);
+		print_regime(f, "cold", &cr[i], &cr[i].cold);
+	}
+	fprintf(f, "(times in us. steady: a decode loop, blocks of %u back-to-back calls per side "
+		   "alternating; overhead = via-daemon percentile minus in-process percentile; ping = "
+		   "back-to-back empty ring requests. cold: each daemon call and ping after a %u us "
+		   "idle gap; overhead = via daemon minus in-process, paired per repetition. "
+		   "ratio = overhead p50 / target, below 1 meets it.)\n", BLOCK, o->gap_us);
 	for (uint32_t i = 0; i < n; i++)
-		fprintf(f, "%8u %6u %5u %5u | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f | %6.0f us "
-			   "%7.2f | %7.1f %7.1f | %s\n",
-			cr[i].S, cr[i].reps, cr[i].r, cr[i].k, cr[i].local_p50, cr[i].local_p99,
-			cr[i].ipc_p50, cr[i].ipc_p99, cr[i].over_p50, cr[i].over_p99, TARGET_US,
-			cr[i].over_p50 / TARGET_US, cr[i].ping_p50, cr[i].ping_p99,
-			cr[i].identical ? "yes" : "NO");
-	fprintf(f, "(times in us; overhead = via daemon minus in-process, paired per repetition; "
-		   "ratio = overhead p50 / target, below 1 meets it; ping = an empty ring request, "
-		   "the IPC floor)\n");
+		fprintf(f, "issue 4 target (IPC overhead p50 < %.0f us), judged on the steady regime "
+			   "(what a decode loop calling once per layer sees): context %u %.1f us, "
+			   "ratio %.2f, %s; cold: %.1f us, ratio %.2f\n",
+			TARGET_US, cr[i].S, cr[i].steady.over_p50, cr[i].steady.over_p50 / TARGET_US,
+			cr[i].steady.over_p50 < TARGET_US ? "met" : "NOT met", cr[i].cold.over_p50,
+			cr[i].cold.over_p50 / TARGET_US);
 	if (lr && lr->clients)
 		fprintf(f, "\nload: %u clients (own connection and session each), context %u, %.1f s: "
 			   "%" PRIu64 " calls, %" PRIu64 " errors, %.0f calls/s, latency p50 %.1f us "
@@ -649,25 +795,33 @@ static void print_table(FILE *f, const struct ipc_opts *o, const char *backend,
 			lr->calls_per_s / lr->ceiling_calls_per_s);
 }
 
+static void print_regime_json(FILE *f, const char *name, const struct regime *g)
+{
+	fprintf(f, "\"%s\":{\"calls\":%u,\"inproc_p50_us\":%.3f,\"inproc_p99_us\":%.3f,"
+		   "\"ipc_p50_us\":%.3f,\"ipc_p99_us\":%.3f,\"overhead_p50_us\":%.3f,"
+		   "\"overhead_p99_us\":%.3f,\"overhead_vs_target\":%.4f,\"ping_p50_us\":%.3f,"
+		   "\"ping_p99_us\":%.3f}",
+		name, g->n, g->local_p50, g->local_p99, g->ipc_p50, g->ipc_p99, g->over_p50,
+		g->over_p99, g->over_p50 / TARGET_US, g->ping_p50, g->ping_p99);
+}
+
 static void print_json(FILE *f, const struct ipc_opts *o, const char *backend,
 		       const struct ctx_result *cr, uint32_t n, const struct load_result *lr)
 {
 	fprintf(f, "{\"mode\":\"ipc\",\"geometry\":{\"n_q_heads\":%u,\"n_kv_heads\":%u,\"head_dim\":%u},"
 		   "\"ratio\":%g,\"daemon_backend\":\"%s\",\"backend\":\"%s\",\"threads\":%u,"
-		   "\"inproc_store\":\"%s\","
-		   "\"target_overhead_p50_us\":%g,\"contexts\":[",
+		   "\"inproc_store\":\"%s\",\"steady_block\":%u,\"cold_gap_us\":%u,"
+		   "\"target_overhead_p50_us\":%g,\"target_judged_on\":\"steady\",\"contexts\":[",
 		N_Q, N_KV, D, o->ratio, backend, o->backend, o->threads, o->heap ? "heap" : "tiers",
-		TARGET_US);
-	for (uint32_t i = 0; i < n; i++)
-		fprintf(f, "%s{\"context\":%u,\"reps\":%u,\"r\":%u,\"k\":%u,"
-			   "\"inproc_p50_us\":%.3f,\"inproc_p99_us\":%.3f,\"ipc_p50_us\":%.3f,"
-			   "\"ipc_p99_us\":%.3f,\"overhead_p50_us\":%.3f,\"overhead_p99_us\":%.3f,"
-			   "\"overhead_vs_target\":%.4f,\"ping_p50_us\":%.3f,\"ping_p99_us\":%.3f,"
-			   "\"inproc_calls_per_s\":%.1f,\"ipc_calls_per_s\":%.1f,\"y_identical\":%s}",
-			i ? "," : "", cr[i].S, cr[i].reps, cr[i].r, cr[i].k, cr[i].local_p50,
-			cr[i].local_p99, cr[i].ipc_p50, cr[i].ipc_p99, cr[i].over_p50, cr[i].over_p99,
-			cr[i].over_p50 / TARGET_US, cr[i].ping_p50, cr[i].ping_p99,
-			1e6 / cr[i].local_mean, 1e6 / cr[i].ipc_mean, cr[i].identical ? "true" : "false");
+		BLOCK, o->gap_us, TARGET_US);
+	for (uint32_t i = 0; i < n; i++) {
+		fprintf(f, "%s{\"context\":%u,\"r\":%u,\"k\":%u,\"y_identical\":%s,", i ? "," : "",
+			cr[i].S, cr[i].r, cr[i].k, cr[i].identical ? "true" : "false");
+		print_regime_json(f, "steady", &cr[i].steady);
+		fprintf(f, ",");
+		print_regime_json(f, "cold", &cr[i].cold);
+		fprintf(f, ",\"target_met\":%s}", cr[i].steady.over_p50 < TARGET_US ? "true" : "false");
+	}
 	fprintf(f, "]");
 	if (lr && lr->clients)
 		fprintf(f, ",\"load\":{\"clients\":%u,\"context\":%u,\"seconds\":%.3f,\"calls\":%" PRIu64
