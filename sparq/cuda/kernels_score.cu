@@ -16,30 +16,18 @@
 
 #define COMP_THREADS 256
 #define HEAD_CHUNK 8   /* heads accumulated at once per position: registers, not memory */
-#define COMP_Q_SMEM 8192u  /* floats of q the components kernel stages in shared memory */
-#define KV_BATCH 8     /* key channels loaded before they are used: loads in flight */
 
 __global__ void comp_kernel(const struct sparq_cu_item *items)
 {
 	__shared__ float score[SPARQ_HEAD_DIM_MAX];
 	__shared__ uint8_t chosen[SPARQ_HEAD_DIM_MAX];
 	__shared__ uint32_t comp[SPARQ_HEAD_DIM_MAX];
-	__shared__ float qs[COMP_Q_SMEM];
 	const struct sparq_cu_item *it = &items[blockIdx.x];
 	const uint32_t d = it->d, g = it->g, r = it->r;
+	const float *q = it->q;
 
 	if (it->dense)
 		return; /* no scoring: the whole block leaves together */
-	/* the τ sums below run one thread per head over d channels: from shared memory
-	 * when q fits there, not one dependent global load after another (same values,
-	 * same order) */
-	const bool q_in_smem = (size_t)g * d <= COMP_Q_SMEM;
-	if (q_in_smem) {
-		for (uint32_t i = threadIdx.x; i < g * d; i += blockDim.x)
-			qs[i] = it->q[i];
-		__syncthreads();
-	}
-	const float *q = q_in_smem ? qs : it->q;
 	for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
 		float s = 0.0f;
 		for (uint32_t h = 0; h < g; h++)
@@ -107,24 +95,13 @@ __global__ void score_kernel(const struct sparq_cu_item *items, const struct spa
 		for (int hh = 0; hh < HEAD_CHUNK; hh++)
 			acc[hh] = 0.0f;
 		if (vis) {
-			for (uint32_t t0 = 0; t0 < r; t0 += KV_BATCH) {
-				/* channel-major: the block reads one contiguous run per channel;
-				 * KV_BATCH independent loads first, then the sums in channel order */
-				float kv[KV_BATCH];
+			for (uint32_t t = 0; t < r; t++) {
+				/* channel-major: the block reads one contiguous run per channel */
+				float kv = cu_elem(kcol[(size_t)comp[t] * tl.pitch], dt);
 #pragma unroll
-				for (int u = 0; u < KV_BATCH; u++)
-					kv[u] = t0 + u < r
-						? cu_elem(kcol[(size_t)comp[t0 + u] * tl.pitch], dt)
-						: 0.0f;
-#pragma unroll
-				for (int u = 0; u < KV_BATCH; u++) {
-					if (t0 + u >= r)
-						break;
-#pragma unroll
-					for (uint32_t hh = 0; hh < HEAD_CHUNK; hh++)
-						if (hh < hn)
-							acc[hh] += qc[(h0 + hh) * r + t0 + u] * kv[u];
-				}
+				for (uint32_t hh = 0; hh < HEAD_CHUNK; hh++)
+					if (hh < hn)
+						acc[hh] += qc[(h0 + hh) * r + t] * kv;
 			}
 		}
 		for (uint32_t hh = 0; hh < hn; hh++) {
