@@ -5,8 +5,8 @@
  * zero-copy gather (records in a registered region) and the staged one (plain heap)
  * give bit-identical results; decode appends one position at a time across slice
  * page boundaries; select mode matches full mode; fp32 logit overflow is -ERANGE
- * naming the item; the v2 kernels (default) select exactly the rows of the v1 kernels
- * (SPARQ_CUDA_KERNELS=v1) and agree on y within fp32 reordering, on shapes that span
+ * naming the item; the v2 kernels (SPARQ_CUDA_KERNELS=v2) select exactly the rows of
+ * the v1 kernels (the default) and agree on y within fp32 reordering, on shapes that span
  * several select chunks and exact-step blocks, all-tied keys, dense items and both
  * fetch paths; the row cache serves a repeated selection from GPU memory (one row per
  * cache slot, the same y bit for bit), survives a decode append, and is off with
@@ -368,10 +368,11 @@ static void test_generations(const struct sparq_backend_config *cfg)
 	};
 	struct sparq_backend *v1, *v2;
 
-	T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v1", 1) == 0, "setenv");
-	T_CHECK(sparq_backend_open("cuda", cfg, &v1) == 0, "open v1");
 	T_CHECK(unsetenv("SPARQ_CUDA_KERNELS") == 0, "unsetenv");
+	T_CHECK(sparq_backend_open("cuda", cfg, &v1) == 0, "open v1");
+	T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v2", 1) == 0, "setenv");
 	T_CHECK(sparq_backend_open("cuda", cfg, &v2) == 0, "open v2");
+	T_CHECK(unsetenv("SPARQ_CUDA_KERNELS") == 0, "unsetenv");
 	T_CHECK(strstr(v1->detail, "kernels v1") && !strstr(v2->detail, "kernels v1"),
 		"detail should name v1: '%s' / '%s'", v1->detail, v2->detail);
 	for (size_t ci = 0; ci < sizeof(cases) / sizeof(cases[0]); ci++) {
@@ -564,7 +565,10 @@ int main(void)
 	test_paths(&cfg);
 	test_overflow(&cfg);
 	test_generations(&cfg);
+	/* the row cache lives in the v2 path */
+	T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v2", 1) == 0, "setenv");
 	test_row_cache(&cfg);
+	T_CHECK(unsetenv("SPARQ_CUDA_KERNELS") == 0, "unsetenv");
 	printf("cuda: all checks passed\n");
 	return T_EXIT_PASS;
 }

@@ -61,7 +61,7 @@ struct cu_ctx {
 	uint32_t n_regions;
 	uint32_t n_slices;          /* slices alive */
 	uint32_t n_fallback;        /* of those, served by the CPU backend */
-	bool kernels_v1;            /* SPARQ_CUDA_KERNELS=v1 at open: the first kernels */
+	bool kernels_v1;            /* unless SPARQ_CUDA_KERNELS=v2 at open: the verified kernels */
 	bool rc_off;                /* SPARQ_CUDA_ROWCACHE=0 at open: no row caches */
 	uint64_t rc_bytes, rc_cap;  /* GPU bytes of row caches now, and at most */
 	char err[192];
