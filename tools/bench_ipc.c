@@ -69,6 +69,12 @@
 #define TARGET_US 20.0         /* issue 4: IPC overhead of one batched attend, p50 */
 #define LOAD_SAMPLES_MAX (1u << 20)
 #define SEED 0x1bc5eedULL
+/* --csv columns (stable names; one row per context and regime, and one "load" row
+ * whose in-process and ping fields are empty and whose latencies are the load run's) */
+#define IPC_CSV_HEADER "backend,threads,inproc_store,ratio,context,regime,calls,r,k," \
+		       "inproc_p50_us,inproc_p99_us,ipc_p50_us,ipc_p99_us,overhead_p50_us," \
+		       "overhead_p99_us,target_us,overhead_vs_target,ping_p50_us,ping_p99_us," \
+		       "y_identical,clients,calls_per_s,ceiling_calls_per_s"
 
 struct ipc_opts {
 	uint32_t ctx[MAX_CTX], n_ctx;
@@ -77,6 +83,7 @@ struct ipc_opts {
 	float ratio;
 	const char *backend;
 	const char *socket;      /* a running daemon instead of our own */
+	const char *csv;         /* --csv FILE, NULL = none */
 	bool json;
 	bool heap;               /* in-process over the heap store instead of tiers */
 	uint64_t ram_bytes;      /* tier capacities, the daemon's and in-process */
@@ -142,6 +149,9 @@ static void usage(FILE *f)
 		"  --inproc-store tiers|heap   the in-process side's record store (default tiers:\n"
 		"                   a tier manager sized like the daemon's; heap reads in place)\n"
 		"  --json           one JSON object on stdout; the table goes to stderr\n"
+		"  --csv FILE       append one row per context and regime, and one for the load\n"
+		"                   run (header on a new file); columns:\n"
+		"                   " IPC_CSV_HEADER "\n"
 		"  The daemon started here is ../daemon/sparqd next to this program, or $SPARQD.\n");
 }
 
@@ -174,7 +184,7 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 		{ "ratio", required_argument, NULL, 'r' },   { "backend", required_argument, NULL, 'b' },
 		{ "socket", required_argument, NULL, 's' },  { "json", no_argument, NULL, 'j' },
 		{ "inproc-store", required_argument, NULL, 'S' },
-		{ "gap-us", required_argument, NULL, 'g' },
+		{ "gap-us", required_argument, NULL, 'g' },  { "csv", required_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },          { NULL, 0, NULL, 0 },
 	};
 	char *end, *list, *tok, *save;
@@ -243,6 +253,11 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 			break;
 		case 'j':
 			o->json = true;
+			break;
+		case 'o':
+			if (!optarg[0])
+				return usage_error("--csv: expected a file path, got", optarg);
+			o->csv = optarg;
 			break;
 		case 'S':
 			if (strcmp(optarg, "tiers") && strcmp(optarg, "heap"))
@@ -832,6 +847,68 @@ static void print_json(FILE *f, const struct ipc_opts *o, const char *backend,
 	fprintf(f, "}\n");
 }
 
+static void csv_regime(struct bench_csv *c, const struct ipc_opts *o, const char *backend,
+		       const struct ctx_result *cr, const char *name, const struct regime *g)
+{
+	bench_csv_str(c, backend);
+	bench_csv_u64(c, o->threads);
+	bench_csv_str(c, o->heap ? "heap" : "tiers");
+	bench_csv_num(c, true, o->ratio);
+	bench_csv_u64(c, cr->S);
+	bench_csv_str(c, name);
+	bench_csv_u64(c, g->n);
+	bench_csv_u64(c, cr->r);
+	bench_csv_u64(c, cr->k);
+	bench_csv_num(c, true, g->local_p50);
+	bench_csv_num(c, true, g->local_p99);
+	bench_csv_num(c, true, g->ipc_p50);
+	bench_csv_num(c, true, g->ipc_p99);
+	bench_csv_num(c, true, g->over_p50);
+	bench_csv_num(c, true, g->over_p99);
+	bench_csv_num(c, true, TARGET_US);
+	bench_csv_num(c, true, g->over_p50 / TARGET_US);
+	bench_csv_num(c, true, g->ping_p50);
+	bench_csv_num(c, true, g->ping_p99);
+	bench_csv_str(c, cr->identical ? "yes" : "no");
+	bench_csv_str(c, "");
+	bench_csv_str(c, "");
+	bench_csv_str(c, "");
+	bench_csv_end_row(c);
+}
+
+/* Writes the rows into c, opened before the run (so a wrong file fails before it). */
+static int write_csv(struct bench_csv *c, const struct ipc_opts *o, const char *backend,
+		     const struct ctx_result *cr, uint32_t n, const struct load_result *lr)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		csv_regime(c, o, backend, &cr[i], "steady", &cr[i].steady);
+		csv_regime(c, o, backend, &cr[i], "cold", &cr[i].cold);
+	}
+	if (lr->clients) {
+		bench_csv_str(c, backend);
+		bench_csv_u64(c, o->threads);
+		bench_csv_str(c, o->heap ? "heap" : "tiers");
+		bench_csv_num(c, true, o->ratio);
+		bench_csv_u64(c, lr->S);
+		bench_csv_str(c, "load");
+		bench_csv_u64(c, lr->calls);
+		bench_csv_u64(c, cr[0].r);
+		bench_csv_u64(c, cr[0].k);
+		bench_csv_str(c, "");   /* inproc p50, p99: the load run is daemon-only */
+		bench_csv_str(c, "");
+		bench_csv_num(c, true, lr->p50);
+		bench_csv_num(c, true, lr->p99);
+		/* overhead, target, ping, y_identical: figures of the paired per-call runs */
+		for (int e = 0; e < 7; e++)
+			bench_csv_str(c, "");
+		bench_csv_u64(c, lr->clients);
+		bench_csv_num(c, true, lr->calls_per_s);
+		bench_csv_num(c, true, lr->ceiling_calls_per_s);
+		bench_csv_end_row(c);
+	}
+	return bench_csv_close(c);
+}
+
 int bench_ipc_main(int argc, char **argv)
 {
 	struct ipc_opts o;
@@ -841,11 +918,14 @@ int bench_ipc_main(int argc, char **argv)
 	struct load_result lr = { 0 };
 	struct sparq_stats st;
 	const char *socket;
+	struct bench_csv csv = { 0 };
 	uint32_t done = 0;
 	int ret = parse(argc, argv, &o);
 
 	if (ret)
 		return ret == 1 ? 0 : 2;
+	if (o.csv && bench_csv_open(&csv, o.csv, IPC_CSV_HEADER, PROG))
+		return 1;
 	/* tiers sized for the largest context plus each load client's session, with
 	 * chunk slack: the daemon's and the in-process manager's alike */
 	uint32_t maxS = 0;
@@ -902,7 +982,11 @@ int bench_ipc_main(int argc, char **argv)
 	print_table(o.json ? stderr : stdout, &o, st.backend, st.backend_detail, cr, done, &lr);
 	if (o.json)
 		print_json(stdout, &o, st.backend, cr, done, &lr);
+	if (o.csv)
+		ret = write_csv(&csv, &o, st.backend, cr, done, &lr);
 out:
+	if (bench_csv_close(&csv) && !ret)
+		ret = -EIO;
 	sparq_disconnect(c);
 	if (dn.pid > 0) {
 		int code = sparqd_stop(&dn, PROG, 60);

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,4 +314,124 @@ out:
 	free(copy_ns);
 	free(read_ns);
 	return ret;
+}
+
+/* ---- CSV ---- */
+
+int bench_csv_open(struct bench_csv *c, const char *path, const char *header, const char *prog)
+{
+	const char *why = NULL;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int ret = 0;
+
+	*c = (struct bench_csv){ .cols = 1, .path = path, .prog = prog };
+	for (const char *p = header; *p; p++)
+		c->cols += *p == ',';
+	/* "a+": reads start anywhere, writes always land at the end */
+	c->f = fopen(path, "a+");
+	if (!c->f) {
+		ret = -errno;
+		fprintf(stderr, "%s: cannot open %s: %s\n", prog, path, strerror(-ret));
+		return ret;
+	}
+	rewind(c->f);
+	errno = 0;
+	n = getline(&line, &cap, c->f);
+	if (n < 0 && ferror(c->f)) {
+		ret = errno ? -errno : -EIO;
+		goto err;
+	}
+	if (n < 0) {
+		/* a new or empty file: the header opens it */
+		if (fseek(c->f, 0, SEEK_END) || fprintf(c->f, "%s\n", header) < 0) {
+			ret = -EIO;
+			goto err;
+		}
+	} else {
+		if (n > 0 && line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (strcmp(line, header) != 0) {
+			why = "the file already holds rows under another header (another mode's or "
+			       "an older version's columns); write to a new file";
+			ret = -EINVAL;
+			goto err;
+		}
+		/* a read must be followed by a positioning call before a write */
+		if (fseek(c->f, 0, SEEK_END)) {
+			ret = -errno;
+			goto err;
+		}
+	}
+	free(line);
+	return 0;
+err:
+	fprintf(stderr, "%s: cannot append to %s: %s\n", prog, path, why ? why : strerror(-ret));
+	free(line);
+	fclose(c->f);
+	c->f = NULL;
+	return ret;
+}
+
+static void csv_sep(struct bench_csv *c)
+{
+	if (c->col++)
+		fputc(',', c->f);
+}
+
+void bench_csv_str(struct bench_csv *c, const char *s)
+{
+	csv_sep(c);
+	if (!strpbrk(s, ",\"\r\n")) {
+		fputs(s, c->f);
+		return;
+	}
+	fputc('"', c->f);
+	for (; *s; s++) {
+		if (*s == '"')
+			fputc('"', c->f);
+		fputc(*s, c->f);
+	}
+	fputc('"', c->f);
+}
+
+void bench_csv_u64(struct bench_csv *c, uint64_t v)
+{
+	csv_sep(c);
+	fprintf(c->f, "%" PRIu64, v);
+}
+
+void bench_csv_num(struct bench_csv *c, bool ok, double v)
+{
+	csv_sep(c);
+	if (ok && isfinite(v))
+		fprintf(c->f, "%.6g", v);
+}
+
+void bench_csv_end_row(struct bench_csv *c)
+{
+	if (c->col != c->cols)
+		c->bad_row = true;
+	fputc('\n', c->f);
+	c->col = 0;
+}
+
+int bench_csv_close(struct bench_csv *c)
+{
+	int ret = 0;
+
+	if (!c->f)
+		return 0;
+	if (ferror(c->f))
+		ret = -EIO;
+	if (fclose(c->f) && !ret)
+		ret = -errno;
+	c->f = NULL;
+	if (ret)
+		fprintf(stderr, "%s: writing %s failed: %s\n", c->prog, c->path, strerror(-ret));
+	else if (c->bad_row)
+		fprintf(stderr, "%s: %s: a row without one field per column (a bug)\n", c->prog,
+			c->path);
+	return ret ? ret : c->bad_row ? -EINVAL : 0;
 }

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* splitmix64 with a cached second Box-Muller draw: seedable, identical everywhere. */
 struct bench_rng {
@@ -77,5 +78,39 @@ struct bench_bw {
  * before it returns. -ENOMEM, -EAGAIN (threads), -EINVAL.
  */
 int bench_mem_bw(uint32_t threads, size_t bytes, uint32_t reps, struct bench_bw *out);
+
+/*
+ * CSV rows, the one writer every mode's --csv uses (tools/plot reads them by column
+ * name). A file is appended to, so runs of several configurations collect in one file;
+ * the header goes first when the file is new or empty, and a file that already has
+ * rows must carry exactly this header: rows under another mode's (or an older
+ * version's) columns would be misread by the plots, so that is -EINVAL, with nothing
+ * written. Fields are comma-separated in call order; a figure that was not measured is
+ * an empty field; a string holding a comma, a quote or a line break is quoted
+ * (RFC 4180). Every row must have as many fields as the header has columns.
+ */
+struct bench_csv {
+	FILE *f;
+	const char *path, *prog;   /* for the messages */
+	uint32_t cols;      /* columns of the header */
+	uint32_t col;       /* fields written in the current row */
+	bool bad_row;       /* a row had the wrong number of fields */
+};
+
+/*
+ * header: the column names, comma-separated, no line break. -EINVAL for a file whose
+ * first line is another header, or -errno of opening or reading it; either is also
+ * said on stderr as "prog: path: reason".
+ */
+int bench_csv_open(struct bench_csv *c, const char *path, const char *header, const char *prog);
+void bench_csv_str(struct bench_csv *c, const char *s);
+void bench_csv_u64(struct bench_csv *c, uint64_t v);
+/* v when ok and finite, else an empty field. */
+void bench_csv_num(struct bench_csv *c, bool ok, double v);
+void bench_csv_end_row(struct bench_csv *c);
+/* Closes the file: -EIO when a write failed, -EINVAL when a row had the wrong number of
+ * fields (a bug in the caller: the file is then unreliable), else 0; failures are
+ * said on stderr. Does nothing for a bench_csv that is not open. */
+int bench_csv_close(struct bench_csv *c);
 
 #endif

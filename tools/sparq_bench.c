@@ -114,6 +114,7 @@ struct opts {
 	uint32_t threads;           /* as given, 0 = all online CPUs */
 	uint32_t reps;
 	const char *backend;
+	const char *csv;            /* NULL = none */
 	bool json;
 	/* derived once everything is validated */
 	uint32_t g, n_threads, dense_reps;
@@ -209,6 +210,23 @@ struct report {
 #define GPU_ASSUME_H2D 54.9
 #define GPU_ASSUME_HBM 3000.0
 
+/*
+ * The columns of each mode's --csv (bench_csv: header on a new file, one row per
+ * measured configuration). Names are stable: tools/plot reads them; a change of
+ * columns is a new name, never a new meaning for an old one.
+ */
+#define KERNEL_CSV_HEADER "backend,preset,S,batch,k_mode,r,k,l,dtype,threads,step_ms," \
+			  "step_p90_ms,floor_ms,ratio_floor,dense_ms,dense_floor_ms," \
+			  "dense_ratio_floor,speedup_vs_dense,read_bw_gbs,rel_err_vs_dense"
+#define TIERS_CSV_HEADER "record_bytes,streams,records_per_stream,k,qd,raw_iops," \
+			 "raw_step_p50_ms,gather_nvme_records_per_s,gather_nvme_step_p50_ms," \
+			 "gather_nvme_step_p99_ms,gather_vs_raw_iops,read_amplification," \
+			 "gather_ram_records_per_s,gather_ram_vs_row_copy,park_gbs," \
+			 "park_vs_seq_write,resume_gbs,resume_vs_seq_read"
+#define GPU_CSV_HEADER "config,S,batch,k_mode,sparq_ms,floor_ms,ratio_floor,dense_offload_ms," \
+		       "dense_resident_ms,speedup_offload,speedup_resident," \
+		       "gpu_bytes_per_token_sparq,gpu_bytes_per_token_dense"
+
 /* ---- usage ---- */
 
 static void usage(FILE *f)
@@ -250,6 +268,11 @@ static void usage(FILE *f)
 		"  --reps N             timed calls (default 20; dense gets max(3, N/4))\n"
 		"  --backend cpu|cuda   backend to time (default cpu)\n"
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
+		"  --csv FILE           append one row for the configuration (header on a new\n"
+		"                       file; tools/plot kernel charts it); columns, times in ms\n"
+		"                       (floor: bytes read / this machine's read bandwidth):\n"
+		"                       " KERNEL_CSV_HEADER "\n"
+		"                       (with --backend cuda: mode gpu's columns)\n"
 		"  -h, --help           this text\n"
 		"\n"
 		"options of tiers:\n"
@@ -270,6 +293,9 @@ static void usage(FILE *f)
 		"  --reps N             timed steps per queue depth (default %u; the RAM\n"
 		"                       gather runs max(N, %u))\n"
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
+		"  --csv FILE           append one row per queue depth (header on a new file);\n"
+		"                       columns (run-wide figures repeat on every row):\n"
+		"                       " TIERS_CSV_HEADER "\n"
 		"\n"
 		"options of gpu (needs a CUDA build and a device, except --dry-run):\n"
 		"  --preset NAME        model geometry (default llama3-8b)\n"
@@ -286,7 +312,8 @@ static void usage(FILE *f)
 		"                       model's layers)\n"
 		"  --threads N          host threads for data and the backend, 0 = all (default 0)\n"
 		"  --config NAME        label of the configuration in the CSV (default S<S/1024>K-b<B>)\n"
-		"  --csv FILE           append one row per k-mode (header on a new file)\n"
+		"  --csv FILE           append one row per k-mode (header on a new file);\n"
+		"                       columns: " GPU_CSV_HEADER "\n"
 		"  --jsonl FILE         append the configuration's JSON object as one line\n"
 		"  --json               the JSON object on stdout; the table goes to stderr\n"
 		"  --dry-run            print the plan and the floor formulas, evaluated with\n"
@@ -417,7 +444,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	}
 	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--ratio") || IS("--r") ||
 	      IS("--k") || IS("--l") || IS("--dtype") || IS("--threads") || IS("--reps") ||
-	      IS("--backend")))
+	      IS("--backend") || IS("--csv")))
 		return usage_error("unknown option '%s'", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -459,6 +486,10 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 		if (strcmp(val, "cpu") && strcmp(val, "cuda"))
 			return usage_error("--backend: expected cpu or cuda, got '%s'", val);
 		o->backend = val;
+	} else if (IS("--csv")) {
+		if (!val[0])
+			return usage_error("--csv: expected a file path, got ''");
+		o->csv = val;
 	}
 #undef IS
 	return ret;
@@ -948,6 +979,49 @@ static void print_table(FILE *f, const struct report *r, const struct opts *o)
 		fprintf(f, "\nnote: k >= S, so the SparQ step is exact dense attention\n");
 }
 
+/* ---- CSV ---- */
+
+/* The k-mode's label, as mode gpu names its k-modes. */
+static void kmode_name(char *buf, size_t n, bool have_r, uint32_t r, uint32_t k, double ratio)
+{
+	if (have_r)
+		snprintf(buf, n, "r%u-k%u", r, k);
+	else
+		snprintf(buf, n, "ratio%g", ratio);
+}
+
+/* Writes the row into c, opened before the run (so a wrong file fails before it). */
+static int kernel_write_csv(struct bench_csv *c, const struct report *r, const struct opts *o)
+{
+	const struct timing *sq = &r->sq, *dn = &r->dn;
+	char km[32];
+
+	kmode_name(km, sizeof(km), o->have_r, o->r, o->k, o->ratio);
+	bench_csv_str(c, o->backend);
+	bench_csv_str(c, o->preset->name);
+	bench_csv_u64(c, o->S);
+	bench_csv_u64(c, o->batch);
+	bench_csv_str(c, km);
+	bench_csv_u64(c, sq->used.r);
+	bench_csv_u64(c, sq->used.k);
+	bench_csv_u64(c, sq->used.l);
+	bench_csv_str(c, sparq_dtype_name(o->dtype));
+	bench_csv_u64(c, o->n_threads);
+	bench_csv_num(c, true, sq->med_ms[PH_STEP]);
+	bench_csv_num(c, true, sq->p90_step_ms);
+	bench_csv_num(c, r->floor_ms > 0.0, r->floor_ms);
+	bench_csv_num(c, r->floor_ms > 0.0, ratio_of(sq->med_ms[PH_STEP], r->floor_ms));
+	bench_csv_num(c, true, dn->med_ms[PH_STEP]);
+	bench_csv_num(c, r->dense_floor_ms > 0.0, r->dense_floor_ms);
+	bench_csv_num(c, r->dense_floor_ms > 0.0,
+		      ratio_of(dn->med_ms[PH_STEP], r->dense_floor_ms));
+	bench_csv_num(c, r->speedup > 0.0, r->speedup);
+	bench_csv_num(c, true, r->bw.read_gbs);
+	bench_csv_num(c, true, r->rel_err);
+	bench_csv_end_row(c);
+	return bench_csv_close(c);
+}
+
 /* ---- JSON ---- */
 
 static void json_key(FILE *f, const char *key, bool *first)
@@ -1090,10 +1164,16 @@ static int run_kernel(const struct opts *o)
 	struct sparq_attend_batch batch;
 	struct sparq_params dense;
 	FILE *table = o->json ? stderr : stdout;
+	struct bench_csv csv = { 0 };
 	size_t bw_bytes = BW_BYTES;
 	uint64_t phys = phys_bytes();
 	int ret;
 
+	if (o->csv) {
+		ret = bench_csv_open(&csv, o->csv, KERNEL_CSV_HEADER, PROG);
+		if (ret)
+			return ret;
+	}
 	ret = open_backend(&b, o, &r);
 	if (ret)
 		goto out;
@@ -1139,9 +1219,13 @@ static int run_kernel(const struct opts *o)
 		fflush(stdout);
 	}
 	print_table(table, &r, o);
+	if (o->csv)
+		ret = kernel_write_csv(&csv, &r, o);
 	/* read-pass checksum: printed so the pass is observable, not optimised away */
 	fprintf(stderr, PROG ": done (read-pass checksum %016" PRIx64 ")\n", r.bw.checksum);
 out:
+	if (bench_csv_close(&csv) && !ret)
+		ret = -EIO;
 	bench_destroy(&b);
 	return ret;
 }
@@ -1177,6 +1261,7 @@ struct tiers_opts {
 	uint32_t streams, records, record_bytes, k, reps;
 	uint32_t qd[TIERS_QD_MAX], n_qd;
 	uint64_t ram_mib;
+	const char *csv;                   /* NULL = none */
 	bool have_ram, json;
 	/* derived once everything is validated */
 	struct tier_manager_config base;   /* manager defaults every manager starts from */
@@ -1316,7 +1401,8 @@ static int parse_tiers_one(struct tiers_opts *o, int argc, char **argv, int *i)
 		return 1;
 	}
 	if (!(IS("--dir") || IS("--records-per-stream") || IS("--streams") ||
-	      IS("--record-bytes") || IS("--k") || IS("--qd") || IS("--ram-mib") || IS("--reps")))
+	      IS("--record-bytes") || IS("--k") || IS("--qd") || IS("--ram-mib") || IS("--reps") ||
+	      IS("--csv")))
 		return usage_error("unknown option '%s' for mode tiers", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -1345,6 +1431,10 @@ static int parse_tiers_one(struct tiers_opts *o, int argc, char **argv, int *i)
 		o->have_ram = true;
 	} else if (IS("--reps")) {
 		ret = parse_u32("--reps", val, 1, 10000, &o->reps);
+	} else if (IS("--csv")) {
+		if (!val[0])
+			return usage_error("--csv: expected a file path, got ''");
+		o->csv = val;
 	}
 #undef IS
 	return ret;
@@ -2267,6 +2357,36 @@ static void print_tiers_json(FILE *f, const struct tiers_report *r, const struct
 	fprintf(f, "}\n");
 }
 
+/* Writes the rows into c, opened before the run (so a wrong file fails before it). */
+static int tiers_write_csv(struct bench_csv *c, const struct tiers_report *r,
+			   const struct tiers_opts *o)
+{
+	for (uint32_t i = 0; i < o->n_qd; i++) {
+		const struct tiers_qd_result *q = &r->q[i];
+
+		bench_csv_u64(c, o->record_bytes);
+		bench_csv_u64(c, o->streams);
+		bench_csv_u64(c, o->records);
+		bench_csv_u64(c, o->k);
+		bench_csv_u64(c, q->qd);
+		bench_csv_num(c, true, q->raw_iops);
+		bench_csv_num(c, true, q->raw_p50_ms);
+		bench_csv_num(c, true, q->g_rps);
+		bench_csv_num(c, true, q->g_p50_ms);
+		bench_csv_num(c, true, q->g_p99_ms);
+		bench_csv_num(c, true, q->g_vs_raw);
+		bench_csv_num(c, true, r->read_amp);
+		bench_csv_num(c, true, r->ram_rps);
+		bench_csv_num(c, true, r->ram_vs_rows);
+		bench_csv_num(c, true, r->park_gbs);
+		bench_csv_num(c, true, r->park_vs);
+		bench_csv_num(c, true, r->resume_gbs);
+		bench_csv_num(c, true, r->resume_vs);
+		bench_csv_end_row(c);
+	}
+	return bench_csv_close(c);
+}
+
 /* ---- mode tiers ---- */
 
 static int run_tiers(const struct tiers_opts *o)
@@ -2276,9 +2396,15 @@ static int run_tiers(const struct tiers_opts *o)
 	struct sigaction sa = { .sa_handler = tiers_on_signal };
 	struct rusage ru;
 	FILE *table = o->json ? stderr : stdout;
+	struct bench_csv csv = { 0 };
 	uint64_t t_start = bench_now_ns(), free_b;
 	int ret;
 
+	if (o->csv) {
+		ret = bench_csv_open(&csv, o->csv, TIERS_CSV_HEADER, PROG);
+		if (ret)
+			return ret;
+	}
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
@@ -2380,8 +2506,12 @@ static int run_tiers(const struct tiers_opts *o)
 		fflush(stdout);
 	}
 	print_tiers_table(table, &r, o);
+	if (o->csv)
+		ret = tiers_write_csv(&csv, &r, o);
 	fprintf(stderr, PROG ": done (read-pass checksum %016" PRIx64 ")\n", r.bw.checksum);
 out:
+	if (bench_csv_close(&csv) && !ret)
+		ret = -EIO;
 	tiers_destroy(&c);
 	return ret;
 }
@@ -2738,6 +2868,7 @@ static int gpu_opts_from_kernel(const struct opts *k, struct gpu_opts *o)
 	o->reps = k->reps;
 	o->threads = k->threads;
 	o->json = k->json;
+	o->csv = k->csv;
 	o->l = k->l;
 	o->n_km = 1;
 	memset(&o->km[0], 0, sizeof(o->km[0]));
@@ -2745,11 +2876,10 @@ static int gpu_opts_from_kernel(const struct opts *k, struct gpu_opts *o)
 	if (k->have_r) {
 		o->km[0].params.r = k->r;
 		o->km[0].params.k = k->k;
-		snprintf(o->km[0].name, sizeof(o->km[0].name), "r%u-k%u", k->r, k->k);
 	} else {
 		o->km[0].params.ratio = (float)k->ratio;
-		snprintf(o->km[0].name, sizeof(o->km[0].name), "ratio%g", k->ratio);
 	}
+	kmode_name(o->km[0].name, sizeof(o->km[0].name), k->have_r, k->r, k->k, k->ratio);
 	if (k->dtype != SPARQ_DTYPE_F16)
 		return usage_error("--backend cuda: the GPU benchmark stores fp16 (the dense "
 				   "baselines read fp16 records)");
@@ -3050,40 +3180,36 @@ static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu
 	fprintf(f, "}\n");
 }
 
-static void csv_num(FILE *f, bool ok, double v)
+static int gpu_write_csv(const struct gpu_report *r, const struct gpu_opts *o)
 {
-	if (ok && isfinite(v))
-		fprintf(f, ",%.6g", v);
-	else
-		fputs(",", f);
-}
+	struct bench_csv c;
+	int ret = bench_csv_open(&c, o->csv, GPU_CSV_HEADER, PROG);
 
-#define GPU_CSV_HEADER "config,S,batch,k_mode,sparq_ms,floor_ms,ratio_floor,dense_offload_ms," \
-		       "dense_resident_ms,speedup_offload,speedup_resident," \
-		       "gpu_bytes_per_token_sparq,gpu_bytes_per_token_dense\n"
-
-static void gpu_print_csv(FILE *f, const struct gpu_report *r, const struct gpu_opts *o)
-{
+	if (ret)
+		return ret;
 	for (uint32_t i = 0; i < o->n_km; i++) {
 		const struct gpu_row *w = &r->rows[i];
 
-		fprintf(f, "%s,%" PRIu64 ",%u,%s", o->config, o->S, o->batch, o->km[i].name);
-		csv_num(f, w->ok, w->sparq_ms);
-		csv_num(f, true, w->floor_ms);
-		csv_num(f, w->ok, w->ratio_floor);
-		csv_num(f, r->dense_ok, r->dense_off_ms);
-		csv_num(f, r->dense_ok, r->dense_res_ms);
-		csv_num(f, w->ok, w->speedup_off);
-		csv_num(f, w->ok, w->speedup_res);
-		csv_num(f, r->sparq_ok, r->bpt_sparq);
-		csv_num(f, true, r->bpt_dense);
-		fputc('\n', f);
+		bench_csv_str(&c, o->config);
+		bench_csv_u64(&c, o->S);
+		bench_csv_u64(&c, o->batch);
+		bench_csv_str(&c, o->km[i].name);
+		bench_csv_num(&c, w->ok, w->sparq_ms);
+		bench_csv_num(&c, true, w->floor_ms);
+		bench_csv_num(&c, w->ok, w->ratio_floor);
+		bench_csv_num(&c, r->dense_ok, r->dense_off_ms);
+		bench_csv_num(&c, r->dense_ok, r->dense_res_ms);
+		bench_csv_num(&c, w->ok, w->speedup_off);
+		bench_csv_num(&c, w->ok, w->speedup_res);
+		bench_csv_num(&c, r->sparq_ok, r->bpt_sparq);
+		bench_csv_num(&c, true, r->bpt_dense);
+		bench_csv_end_row(&c);
 	}
+	return bench_csv_close(&c);
 }
 
-/* Appends to path (the header first when the file is new or empty). */
-static int gpu_append(const char *path, bool csv, const struct gpu_report *r,
-		      const struct gpu_opts *o)
+/* Appends the configuration's JSON object to path as one line. */
+static int gpu_append_jsonl(const char *path, const struct gpu_report *r, const struct gpu_opts *o)
 {
 	FILE *f = fopen(path, "a");
 	int ret = 0;
@@ -3093,13 +3219,7 @@ static int gpu_append(const char *path, bool csv, const struct gpu_report *r,
 		fprintf(stderr, PROG ": cannot open %s: %s\n", path, strerror(-ret));
 		return ret;
 	}
-	if (csv) {
-		if (ftell(f) == 0)
-			fputs(GPU_CSV_HEADER, f);
-		gpu_print_csv(f, r, o);
-	} else {
-		gpu_print_json(f, r, o);
-	}
+	gpu_print_json(f, r, o);
 	if (ferror(f))
 		ret = -EIO;
 	if (fclose(f) && !ret)
@@ -3789,11 +3909,11 @@ static int run_gpu(const struct gpu_opts *o)
 	gpu_print_table(table, r, o);
 files:
 	if (o->jsonl) {
-		int e = gpu_append(o->jsonl, false, r, o);
+		int e = gpu_append_jsonl(o->jsonl, r, o);
 		ret = ret ? ret : e;
 	}
 	if (o->csv) {
-		int e = gpu_append(o->csv, true, r, o);
+		int e = gpu_write_csv(r, o);
 		ret = ret ? ret : e;
 	}
 out:
