@@ -15,7 +15,7 @@
 #include "sparq.h"
 
 enum opt_kind { OPT_PATH, OPT_SOCKET, OPT_MODE, OPT_BACKEND, OPT_U32, OPT_SIZE, OPT_SIZE32,
-		OPT_FLAG, OPT_LEVEL, OPT_CONFIG };
+		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT };
 
 struct opt {
 	const char *name;
@@ -47,6 +47,8 @@ static const struct opt opts[] = {
 	{ "ready-file", OPT_PATH, OFF(ready_file), 0, 0, "PATH: written (atomically, the pid) once the socket accepts" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "error|warn|info|debug (info)" },
 	{ "metrics-port", OPT_U32, OFF(metrics_port), 0, 65535, "N: Prometheus metrics on 127.0.0.1:N, 0 = off (0)" },
+	{ "allow-fault-injection", OPT_FLAG, OFF(allow_fault_injection), 0, 0, "tests only: accept --nvme-fault (off)" },
+	{ "nvme-fault", OPT_FAULT, OFF(nvme_fault), 0, 0, "SPEC: tests only, needs --allow-fault-injection: eio|enospc|short[:reads|:writes][:after=N][:count=M], after N good requests the next M (1) fail (off)" },
 };
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -110,6 +112,60 @@ static int copy_path(char *dst, size_t cap, const char *name, const char *v, cha
 	return 0;
 }
 
+/*
+ * "eio|enospc|short[:reads|:writes][:after=N][:count=M]" into f: the kind first, then
+ * the optional parts in any order; reads and writes both by default, after 0, count 1.
+ */
+static int parse_fault(const char *v, struct sd_nvme_fault *f, char *why, size_t why_len)
+{
+	char buf[64], *save = NULL, *tok;
+	unsigned long long n;
+	char *end;
+
+	if (strlen(v) >= sizeof(buf))
+		return bad(why, why_len, "--nvme-fault: spec longer than %zu bytes", sizeof(buf) - 1);
+	memcpy(buf, v, strlen(v) + 1);
+	*f = (struct sd_nvme_fault){ .count = 1 };
+	tok = strtok_r(buf, ":", &save);
+	if (tok && strcmp(tok, "eio") == 0)
+		f->err = -EIO;
+	else if (tok && strcmp(tok, "enospc") == 0)
+		f->err = -ENOSPC;
+	else if (tok && strcmp(tok, "short") == 0)
+		f->short_io = true;
+	else
+		return bad(why, why_len, "--nvme-fault: '%s' does not start with eio, enospc or "
+			   "short", v);
+	while ((tok = strtok_r(NULL, ":", &save))) {
+		uint32_t *dst = NULL;
+
+		if (strcmp(tok, "reads") == 0) {
+			f->reads = true;
+			continue;
+		}
+		if (strcmp(tok, "writes") == 0) {
+			f->writes = true;
+			continue;
+		}
+		if (strncmp(tok, "after=", 6) == 0)
+			dst = &f->after, tok += 6;
+		else if (strncmp(tok, "count=", 6) == 0)
+			dst = &f->count, tok += 6;
+		if (!dst)
+			return bad(why, why_len, "--nvme-fault: unknown part '%s' in '%s'", tok, v);
+		errno = 0;
+		n = strtoull(tok, &end, 10);
+		if (errno || end == tok || *end || *tok == '-' || *tok == '+' || n > UINT32_MAX ||
+		    (dst == &f->count && n == 0))
+			return bad(why, why_len, "--nvme-fault: '%s' in '%s' is not a number (count "
+				   "at least 1)", tok, v);
+		*dst = (uint32_t)n;
+	}
+	if (!f->reads && !f->writes)
+		f->reads = f->writes = true;
+	return 0;
+}
+
 /* Applies one option's value (NULL for a flag) to cfg, with its checks. */
 static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char *why,
 		 size_t why_len)
@@ -128,6 +184,11 @@ static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char
 		return copy_path(f, PATH_MAX, o->name, v, why, why_len);
 	case OPT_SOCKET:
 		return copy_path(f, sizeof(cfg->socket), o->name, v, why, why_len);
+	case OPT_FAULT:
+		if (parse_fault(v, &cfg->fault, why, why_len))
+			return -EINVAL;
+		memcpy(f, v, strlen(v) + 1);   /* parse_fault checked its length */
+		return 0;
 	case OPT_MODE:
 		errno = 0;
 		n = strtoull(v, &end, 8);
@@ -307,6 +368,9 @@ static int validate(struct sd_config *cfg, char *why, size_t why_len)
 	if (cfg->nvme_bytes < cfg->chunk_bytes)
 		return bad(why, why_len, "--nvme-bytes: smaller than one chunk (%u bytes)",
 			   cfg->chunk_bytes);
+	if (cfg->nvme_fault[0] && !cfg->allow_fault_injection)
+		return bad(why, why_len, "--nvme-fault: refused; fault injection is for tests and "
+			   "must be enabled at start with --allow-fault-injection");
 	if (!cfg->socket[0]) {
 		int n = snprintf(cfg->socket, sizeof(cfg->socket), "%s/sparqd.sock", cfg->data_dir);
 		if (n < 0 || (size_t)n >= sizeof(cfg->socket))
@@ -335,6 +399,7 @@ int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, c
 	case OPT_PATH:
 	case OPT_SOCKET:
 	case OPT_CONFIG:
+	case OPT_FAULT:
 		n = snprintf(val, len, "%s", (const char *)f);
 		break;
 	case OPT_MODE:

@@ -36,6 +36,18 @@ struct sd_config {
 	char ready_file[PATH_MAX];       /* "" = none */
 	enum sd_log_level log_level;
 	uint32_t metrics_port;           /* Prometheus text on 127.0.0.1:N; 0 = off (metrics.h) */
+	/*
+	 * Test-only NVMe fault injection (tiers/nvme.h tier_nvme_inject), armed once when
+	 * the tiers open. A default daemon can never reach it: --nvme-fault is refused
+	 * unless --allow-fault-injection is also given at start, and no request turns it on.
+	 */
+	bool allow_fault_injection;
+	char nvme_fault[64];             /* the spec as given, "" = off */
+	struct sd_nvme_fault {           /* nvme_fault parsed */
+		uint32_t after, count;
+		int err;                 /* -EIO or -ENOSPC; 0 with short_io */
+		bool short_io, reads, writes;
+	} fault;
 };
 
 enum sd_config_result {

@@ -20,6 +20,7 @@
 #include "backend-impl.h"
 #include "loop.h"
 #include "metrics.h"
+#include "nvme.h"
 #include "sparqd.h"
 #include "workers.h"
 
@@ -107,6 +108,17 @@ static int open_tiers(struct sparqd *d)
 		       "--nvme-bytes %llu --chunk-bytes %u: %s (%s)", d->cfg.data_dir,
 		       (unsigned long long)d->cfg.ram_bytes, (unsigned long long)d->cfg.nvme_bytes,
 		       d->cfg.chunk_bytes, why, strerror(-ret));
+	if (!ret && d->cfg.nvme_fault[0]) {
+		/* config.c refused the spec without --allow-fault-injection */
+		const struct sd_nvme_fault *f = &d->cfg.fault;
+		struct tier_nvme_fault nf = { .after = f->after, .count = f->count, .err = f->err,
+					      .short_io = f->short_io, .reads = f->reads,
+					      .writes = f->writes };
+
+		tier_nvme_inject(tier_manager_nvme(d->tm), &nf);
+		sd_log(&d->log, SD_LOG_WARN, "fault injection armed (tests only): --nvme-fault %s",
+		       d->cfg.nvme_fault);
+	}
 	return ret;
 }
 
@@ -116,6 +128,15 @@ static void teardown(struct sparqd *d)
 	sd_metrics_stop(d->metrics);
 	if (d->pool_started)
 		sd_pool_stop(d);
+	if (d->tm && d->cfg.nvme_fault[0]) {
+		/* no worker runs now: the engine's counters are ours to read */
+		struct tier_nvme_stats ns;
+
+		tier_nvme_stats(tier_manager_nvme(d->tm), &ns);
+		sd_log(&d->log, SD_LOG_WARN, "fault injection: %llu NVMe requests failed "
+		       "(--nvme-fault %s; every failure counts, injected or not)",
+		       (unsigned long long)ns.errors, d->cfg.nvme_fault);
+	}
 	if (d->sessions_ready)
 		sd_sessions_shutdown(&d->sessions);
 	sd_loop_close(d);

@@ -6,6 +6,12 @@
  * NVMe, resumed and killed, and must write its JSON and CSV. A second, tiny run with
  * --inject-mismatch must fail: the oracle is able to see a wrong answer.
  *
+ * With the argument "faults" it runs the NVMe fault mode instead (a separate CTest):
+ * a default sparqd refuses --nvme-fault; then sparq-stress --nvme-faults starts its
+ * daemon with the test-only switch, injected read failures must reach clients as
+ * -EIO, everything acknowledged must still verify, and the daemon must report the
+ * failed NVMe requests at exit (at least as many as the clients saw).
+ *
  * Runs in a fresh directory under $SPARQ_TEST_DIR (the tool makes its daemon's
  * directory in the current one); skips (77) where that refuses O_DIRECT or io_uring.
  */
@@ -90,7 +96,82 @@ static long long json_num(const char *json, const char *key)
 	return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
 }
 
-int main(void)
+/* The N in the daemon's exit line "fault injection: N NVMe requests failed", or -1. */
+static long long daemon_faults(const char *log)
+{
+	const char *p = log ? strstr(log, "fault injection: ") : NULL;
+
+	return p ? strtoll(p + strlen("fault injection: "), NULL, 10) : -1;
+}
+
+/* Exit code of sparqd given args, with no socket ever opened (a refused config). */
+static int sparqd_exit(const char *const *args)
+{
+	const char *argv[16] = { SPARQD_PATH };
+	int status, fd;
+	size_t n = 1;
+	pid_t pid;
+
+	for (size_t i = 0; args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		fd = open("/dev/null", O_WRONLY);
+		if (fd >= 0)
+			dup2(fd, 2);
+		execv(SPARQD_PATH, (char *const *)argv);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int run_faults(const char *dir)
+{
+	char path[PATH_MAX], data[PATH_MAX];
+	char *log, *json;
+	int code;
+
+	/* never reachable from a default daemon: refused before anything is created */
+	snprintf(data, sizeof(data), "%s/refused", dir);
+	code = sparqd_exit((const char *const[]){ "--data-dir", data, "--nvme-fault", "eio", NULL });
+	CHECK(code == 2, "sparqd --nvme-fault without --allow-fault-injection exited %d, not 2", code);
+	CHECK(access(data, F_OK) != 0, "the refused daemon created %s", data);
+	code = sparqd_exit((const char *const[]){ "--data-dir", data, "--allow-fault-injection",
+						  "--nvme-fault", "eio:after=x", NULL });
+	CHECK(code == 2, "a bad --nvme-fault spec exited %d, not 2", code);
+
+	code = stress(dir, "faults", (const char *const[]){
+		"--clients", "3", "--sessions", "2", "--context", "2048", "--duration", "8",
+		"--churn", "2", "--ram-bytes", "8M", "--nvme-bytes", "1G", "--seed", "11",
+		"--nvme-faults", "200:40", "--json", "faults.json", NULL });
+	snprintf(path, sizeof(path), "%s/faults.log", dir);
+	log = slurp(path);
+	if (code == 3 && log && (strstr(log, "O_DIRECT") || strstr(log, "io_uring"))) {
+		printf("SKIP: %s refuses O_DIRECT or io_uring\n", dir);
+		free(log);
+		return T_EXIT_SKIP;
+	}
+	snprintf(path, sizeof(path), "%s/faults.json", dir);
+	json = slurp(path);
+	CHECK(code == 0 && json && strstr(json, "\"pass\": true"),
+	      "fault run exited %d:\n%s\n%s", code, log ? log : "", json ? json : "");
+	CHECK(json_num(json, "mismatches") == 0 && json_num(json, "lost") == 0 &&
+	      json_num(json, "errors") == 0, "acknowledged data changed under faults: %s", json);
+	CHECK(json_num(json, "fault_errors") > 0, "no injected fault reached a client: %s", json);
+	CHECK(json_num(json, "total_ops") > 100, "the daemon stopped serving: %s", json);
+	CHECK(daemon_faults(log) >= json_num(json, "fault_errors") && daemon_faults(log) <= 40,
+	      "daemon reports %lld failed NVMe requests, clients saw %lld -EIO, 40 armed",
+	      daemon_faults(log), json_num(json, "fault_errors"));
+	free(log);
+	free(json);
+	return T_EXIT_PASS;
+}
+
+int main(int argc, char **argv)
 {
 	const char *base = getenv("SPARQ_TEST_DIR");
 	char dir[PATH_MAX - 64], path[PATH_MAX];
@@ -100,6 +181,11 @@ int main(void)
 	snprintf(dir, sizeof(dir), "%s/sparq-stress-test-XXXXXX", base && *base ? base : "/tmp");
 	if (!mkdtemp(dir))
 		T_DAEMON_DIE(T_EXIT_FAIL, "mkdtemp %s: %s", dir, strerror(errno));
+	if (argc > 1 && strcmp(argv[1], "faults") == 0) {
+		if (run_faults(dir) == T_EXIT_SKIP)
+			return T_EXIT_SKIP;
+		goto done;
+	}
 
 	code = stress(dir, "run", (const char *const[]){
 		"--clients", "3", "--sessions", "2", "--context", "2048", "--layers", "2",
@@ -143,6 +229,7 @@ int main(void)
 	      "an injected mismatch went unseen: exit %d, %s", code, json ? json : "");
 	free(json);
 
+done:
 	if (!failures) {
 		char cmd[PATH_MAX + 16];
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

@@ -20,8 +20,16 @@
  *
  * Fault mode (--kill-ms): a victim process (this binary, --victim) connects, creates
  * a session and appends and attends until it is SIGKILLed at a random moment; its
- * session must vanish from the daemon. The daemon exposes no NVMe fault-injection
- * switch, so I/O faults are not injected here (the tier tests inject them in-process).
+ * session must vanish from the daemon.
+ *
+ * NVMe fault mode (--nvme-faults AFTER:COUNT): the daemon started here is given its
+ * test-only switch (--allow-fault-injection --nvme-fault eio:reads:...), so after
+ * AFTER good NVMe requests the next COUNT reads fail with EIO. Reads only: a failed
+ * read must surface as -EIO to the client whose request needed it and change nothing,
+ * so the request is counted as a client-visible fault and the client carries on (a
+ * failed append or resume is retried as it stands: nothing of it was acknowledged);
+ * every later answer is still verified bit for bit, the daemon must keep serving, and
+ * the daemon reports at exit how many NVMe requests failed.
  *
  * Exit status: 0 clean; 1 any mismatch, lost session or token, request error, leaked
  * victim session or daemon crash; 2 bad usage; 3 the daemon could not be started or
@@ -72,6 +80,7 @@ struct cfg {
 	uint32_t w_append, w_attend, w_gather; /* mix weights */
 	double churn_s;                /* mean seconds between a client's churns; 0 = none */
 	uint32_t kill_ms;              /* fault mode: victim lifetime bound; 0 = off */
+	uint32_t fault_after, fault_count; /* --nvme-faults; count 0 = off */
 	uint64_t seed;
 	const char *ram_bytes, *nvme_bytes;
 	uint32_t threads;              /* daemon backend threads (spawned) */
@@ -106,6 +115,7 @@ struct client {
 	struct sample *log;
 	size_t n_log, cap_log;
 	uint64_t mismatches, errors, lost;
+	uint64_t faults[OP_COUNT];     /* requests that failed with the injected -EIO */
 	char first_problem[256];
 };
 
@@ -128,6 +138,7 @@ struct run {
 	struct session *all[1024];     /* every stress session, for the monitor */
 	uint32_t n_all;
 	uint64_t kills, victim_leaks, victim_failed;
+	uint64_t faults[OP_COUNT], faults_total; /* client-visible -EIO, all clients */
 	bool daemon_gone;
 	pid_t daemon_pid;              /* spawned here; 0 when external */
 };
@@ -205,6 +216,21 @@ static void record(struct client *cl, enum op op, const struct session *s, uint6
 	atomic_fetch_add(&cl->run->ops_done, 1);
 }
 
+/*
+ * In NVMe fault mode, an -EIO is what an injected read failure must look like to the
+ * client: counted, not a problem. Anything else (and any error without faults) is one.
+ */
+static bool fault_seen(struct client *cl, enum op op, int ret)
+{
+	if (!cl->run->cfg.fault_count || ret != -EIO)
+		return false;
+	cl->faults[op]++;
+	return true;
+}
+
+/* Retries of one request that keeps meeting injected faults: COUNT bounds them all. */
+#define FAULT_RETRIES 100000u
+
 /* A daemon error on an operation that must succeed. */
 static void op_failed(struct client *cl, const char *what, const struct session *s, int ret)
 {
@@ -255,6 +281,9 @@ static int do_append(struct client *cl, struct session *s, uint32_t n, bool time
 		make_kv(cf, s->idx, l, s->len, n, k, v);
 		uint64_t t = bench_now_ns();
 		ret = sparq_append(cl->c, s->id, l, n, k, v);
+		/* a failed append stored nothing: the same positions again */
+		for (uint32_t i = 0; ret && i < FAULT_RETRIES && fault_seen(cl, OP_APPEND, ret); i++)
+			ret = sparq_append(cl->c, s->id, l, n, k, v);
 		uint64_t lat = bench_now_ns() - t;
 		if (ret) {
 			op_failed(cl, "append", s, ret);
@@ -291,6 +320,10 @@ static int do_attend(struct client *cl, struct session *s)
 	uint64_t t = bench_now_ns();
 	ret = sparq_attend(cl->c, layer, &rq, 1, NULL);
 	uint64_t lat = bench_now_ns() - t;
+	if (ret && fault_seen(cl, OP_ATTEND, ret)) {
+		ret = 0;
+		goto out;
+	}
 	if (ret) {
 		op_failed(cl, "attend", s, ret);
 		goto out;
@@ -349,6 +382,10 @@ static int do_gather(struct client *cl, struct session *s)
 	uint64_t t = bench_now_ns();
 	ret = sparq_gather(cl->c, s->id, layer, head, pos, n, out);
 	uint64_t lat = bench_now_ns() - t;
+	if (ret && fault_seen(cl, OP_GATHER, ret)) {
+		ret = 0;
+		goto out;
+	}
 	if (ret) {
 		op_failed(cl, "gather", s, ret);
 		goto out;
@@ -463,6 +500,9 @@ static int churn(struct client *cl)
 
 		t = bench_now_ns();
 		ret = sparq_session_resume(cl->c, s->id, to_ram);
+		/* a failed resume leaves the session parked as it was */
+		for (uint32_t i = 0; ret && i < FAULT_RETRIES && fault_seen(cl, OP_RESUME, ret); i++)
+			ret = sparq_session_resume(cl->c, s->id, to_ram);
 		lat = bench_now_ns() - t;
 		if (ret) {
 			op_failed(cl, "resume", s, ret);
@@ -811,6 +851,9 @@ static void usage(FILE *f)
 		"  --mix A:T:G         weights of append, attend, gather (2:5:3)\n"
 		"  --churn S           mean seconds between a client's park/resume churns (5; 0 = off)\n"
 		"  --kill-ms MS        fault mode: victims SIGKILLed within MS ms (0 = off)\n"
+		"  --nvme-faults A:C   NVMe fault mode (daemon started here only): after A good\n"
+		"                      NVMe requests the next C reads fail with EIO; requests that\n"
+		"                      fail must say -EIO, nothing acknowledged may change (off)\n"
 		"  --seed N            data and schedule seed (1)\n"
 		"  --ram-bytes SIZE --nvme-bytes SIZE --threads N   for the daemon started here\n"
 		"                      (8M, 2G, 2): small RAM so the sessions spill to NVMe\n"
@@ -879,6 +922,18 @@ static int parse_args(int argc, char **argv, struct cfg *cf)
 			}
 			*(!strcmp(a, "--duration") ? &cf->duration_s :
 			  !strcmp(a, "--churn") ? &cf->churn_s : &cf->interval_s) = x;
+		} else if (!strcmp(a, "--nvme-faults")) {
+			unsigned x, y;
+			char tail;
+
+			num = false;
+			if (sscanf(v, "%u:%u%c", &x, &y, &tail) != 2 || !y || v[0] == '-' ||
+			    strchr(v, '-')) {
+				fprintf(stderr, TOOL ": --nvme-faults: '%s' is not AFTER:COUNT "
+					"(COUNT at least 1)\n", v);
+				return -EINVAL;
+			}
+			cf->fault_after = x, cf->fault_count = y;
 		} else if (!strcmp(a, "--mix")) {
 			unsigned x, y, z;
 			char tail;
@@ -936,6 +991,11 @@ static int parse_args(int argc, char **argv, struct cfg *cf)
 			"multiple of kv-heads, head-dim a multiple of 8, 0 < r <= head-dim, l < k)\n");
 		return -EINVAL;
 	}
+	if (cf->fault_count && cf->socket) {
+		fprintf(stderr, TOOL ": --nvme-faults needs the daemon started here (the switch is "
+			"given at its start), not --socket\n");
+		return -EINVAL;
+	}
 	if (cf->duration_s == 0 && cf->max_ops == 0) {
 		fprintf(stderr, TOOL ": give --duration or --ops a bound\n");
 		return -EINVAL;
@@ -987,6 +1047,14 @@ static void print_and_save(struct run *r, uint64_t span_ns, uint64_t mism, uint6
 	       " -> %s\n", mism, lost, errs, r->kills, r->victim_leaks,
 	       r->daemon_gone ? "CRASHED or unreachable" : "alive", ok ? "PASS" : "FAIL");
 
+	if (cf->fault_count)
+		printf("nvme faults: %u reads armed to fail after %u good requests; client-visible "
+		       "-EIO: %" PRIu64 " (append %" PRIu64 ", attend %" PRIu64 ", gather %" PRIu64
+		       ", resume %" PRIu64 "); the daemon's count of failed NVMe requests is in its "
+		       "log at exit%s\n", cf->fault_count, cf->fault_after, r->faults_total,
+		       r->faults[OP_APPEND], r->faults[OP_ATTEND], r->faults[OP_GATHER],
+		       r->faults[OP_RESUME],
+		       r->faults_total ? "" : " (no fault reached a client: no NVMe read after them?)");
 	if (cf->json && !(jf = fopen(cf->json, "w")))
 		fprintf(stderr, TOOL ": cannot write %s: %s\n", cf->json, strerror(errno));
 	if (jf) {
@@ -1013,9 +1081,14 @@ static void print_and_save(struct run *r, uint64_t span_ns, uint64_t mism, uint6
 			", \"victim_leaks\": %" PRIu64
 			", \"daemon_crashed\": %s, \"demotions\": %" PRIu64
 			", \"promotions\": %" PRIu64 ", \"checksum_failures\": %" PRIu64
+			", \"nvme_faults_armed\": %u, \"fault_errors\": %" PRIu64
+			", \"fault_errors_append\": %" PRIu64 ", \"fault_errors_attend\": %" PRIu64
+			", \"fault_errors_gather\": %" PRIu64 ", \"fault_errors_resume\": %" PRIu64
 			", \"pass\": %s}\n", total, (double)total / ((double)span_ns * 1e-9), mism, lost,
 			errs, r->kills, r->victim_leaks, r->daemon_gone ? "true" : "false", st->demotions,
-			st->promotions, st->checksum_failures, ok ? "true" : "false");
+			st->promotions, st->checksum_failures, cf->fault_count, r->faults_total,
+			r->faults[OP_APPEND], r->faults[OP_ATTEND], r->faults[OP_GATHER],
+			r->faults[OP_RESUME], ok ? "true" : "false");
 		fclose(jf);
 	}
 	const char *csv = cf->csv;
@@ -1072,12 +1145,16 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	pthread_mutex_init(&r->mu, NULL);
 	if (!cf->socket) {
-		char threads[16];
+		char threads[16], fault[64];
 		const char *args[] = { "--backend", "cpu", "--threads", threads, "--workers", "4",
 				       "--ram-bytes", cf->ram_bytes, "--nvme-bytes", cf->nvme_bytes,
-				       "--chunk-bytes", "64K", "--log-level", "warn", NULL };
+				       "--chunk-bytes", "64K", "--log-level", "warn",
+				       cf->fault_count ? "--allow-fault-injection" : NULL,
+				       "--nvme-fault", fault, NULL };
 
 		snprintf(threads, sizeof(threads), "%u", cf->threads);
+		snprintf(fault, sizeof(fault), "eio:reads:after=%u:count=%u", cf->fault_after,
+			 cf->fault_count);
 		ret = sparqd_spawn(&child, TOOL, "stress", args, 60);
 		if (ret)
 			return 3;
@@ -1130,6 +1207,10 @@ int main(int argc, char **argv)
 		mism += cl->mismatches;
 		errs += cl->errors;
 		lost += cl->lost;
+		for (int o = 0; o < OP_COUNT; o++) {
+			r->faults[o] += cl->faults[o];
+			r->faults_total += cl->faults[o];
+		}
 	}
 	if (sparq_stats_get(c, &st))
 		r->daemon_gone = true;
