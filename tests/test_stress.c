@@ -16,6 +16,7 @@
  * directory in the current one); skips (77) where that refuses O_DIRECT or io_uring.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,15 @@ static long long json_num(const char *json, const char *key)
 	return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
 }
 
+/* Whether a run that could not start its daemon failed on the directory's filesystem. */
+static bool fs_refused(const char *dir, int code, const char *log)
+{
+	if (code != 3 || !log || !(strstr(log, "O_DIRECT") || strstr(log, "io_uring")))
+		return false;
+	printf("SKIP: %s refuses O_DIRECT or io_uring\n", dir);
+	return true;
+}
+
 /* The N in the daemon's exit line "fault injection: N NVMe requests failed", or -1. */
 static long long daemon_faults(const char *log)
 {
@@ -150,8 +160,7 @@ static int run_faults(const char *dir)
 		"--nvme-faults", "200:40", "--json", "faults.json", NULL });
 	snprintf(path, sizeof(path), "%s/faults.log", dir);
 	log = slurp(path);
-	if (code == 3 && log && (strstr(log, "O_DIRECT") || strstr(log, "io_uring"))) {
-		printf("SKIP: %s refuses O_DIRECT or io_uring\n", dir);
+	if (fs_refused(dir, code, log)) {
 		free(log);
 		return T_EXIT_SKIP;
 	}
@@ -194,10 +203,8 @@ int main(int argc, char **argv)
 		"--seed", "7", "--json", "run.json", NULL });
 	snprintf(path, sizeof(path), "%s/run.log", dir);
 	log = slurp(path);
-	if (code == 3 && log && (strstr(log, "O_DIRECT") || strstr(log, "io_uring"))) {
-		printf("SKIP: %s refuses O_DIRECT or io_uring\n", dir);
+	if (fs_refused(dir, code, log))
 		return T_EXIT_SKIP;
-	}
 	CHECK(code == 0, "stress run exited %d:\n%s", code, log ? log : "");
 	snprintf(path, sizeof(path), "%s/run.json", dir);
 	json = slurp(path);
