@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proc_helpers.h"
+
 #ifndef SPARQD_PATH
 #error "SPARQD_PATH must name the sparqd binary (tests/CMakeLists.txt passes it)"
 #endif
@@ -104,19 +106,16 @@ static inline void t_daemon_dump_log(const struct t_daemon *d)
 	fclose(f);
 }
 
+/* Lines of the daemon's log (across restarts) that contain what. */
+static inline unsigned t_daemon_log_count(const struct t_daemon *d, const char *what)
+{
+	return t_file_count(d->log, what);
+}
+
 /* Whether the log says the data directory refused O_DIRECT or io_uring. */
 static inline bool t_daemon_log_says_unsupported(const struct t_daemon *d)
 {
-	char line[1024];
-	bool found = false;
-	FILE *f = fopen(d->log, "r");
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f))
-		found = strstr(line, "O_DIRECT") || strstr(line, "io_uring");
-	fclose(f);
-	return found;
+	return t_daemon_log_count(d, "O_DIRECT") || t_daemon_log_count(d, "io_uring");
 }
 
 /*
@@ -142,9 +141,7 @@ static inline int t_daemon_wait(struct t_daemon *d, unsigned timeout_ms)
 		t_daemon_sleep_ms(5);
 	}
 	d->pid = 0;
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	return 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 /* SIGKILL and reap: a crash, as the crash tests want it. Returns 128 + SIGKILL. */

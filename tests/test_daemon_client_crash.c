@@ -43,16 +43,7 @@
 #include "half.h"
 #include "raw_client.h"
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, \
-				#cond);                                               \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			exit(T_DAEMON_EXIT_FAIL);                                     \
-		}                                                                     \
-	} while (0)
+#define CHECK T_REQUIRE
 
 #define CRASHES 1000
 #define WARMUP 50

@@ -48,7 +48,7 @@ static int run(const char *const *args, char *err, size_t cap)
 	close(pipefd[0]);
 	T_CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
 	/* a daemon that started despite a bad value would never get here: it serves */
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 static void write_file(const char *path, const char *text)

@@ -28,16 +28,7 @@
 #include "half.h"
 #include "raw_client.h"
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, \
-				#cond);                                               \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			exit(T_DAEMON_EXIT_FAIL);                                     \
-		}                                                                     \
-	} while (0)
+#define CHECK T_REQUIRE
 
 #define LAYERS 2u
 #define QH 4u

@@ -240,7 +240,7 @@ static int as_other_uid(void (*fn)(int fd, uint64_t arg), uint64_t arg, uint64_t
 		*result = 0;
 	close(p[0]);
 	CHECK(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 /* First child: sees none of root's sessions; makes its own, parks it, leaves. */

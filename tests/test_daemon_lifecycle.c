@@ -26,20 +26,6 @@ static bool exists(const char *path)
 	return lstat(path, &st) == 0;
 }
 
-static bool log_has(const struct t_daemon *d, const char *what)
-{
-	char line[1024];
-	bool found = false;
-	FILE *f = fopen(d->log, "r");
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f))
-		found = strstr(line, what) != NULL;
-	fclose(f);
-	return found;
-}
-
 static struct sparq_client *connect_or_die(const struct t_daemon *d)
 {
 	struct sparq_client *c = NULL;
@@ -67,7 +53,7 @@ static int run_expect_exit(const char *const *argv, const char *log)
 	}
 	for (int i = 0; i < 3000; i++) {
 		if (waitpid(pid, &status, WNOHANG) == pid)
-			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+			return t_exit_code(status);
 		t_daemon_sleep_ms(10);
 	}
 	kill(pid, SIGKILL);
@@ -164,7 +150,8 @@ int main(void)
 	T_CHECK(!exists(d.socket) && !exists(d.ready) && !exists(pid_file),
 		"socket %d ready %d pid %d left behind", exists(d.socket), exists(d.ready),
 		exists(pid_file));
-	T_CHECK(log_has(&d, "SIGTERM") && log_has(&d, "stopped"), "log lacks the shutdown lines");
+	T_CHECK(t_daemon_log_count(&d, "SIGTERM") && t_daemon_log_count(&d, "stopped"),
+		"log lacks the shutdown lines");
 	sparq_disconnect(c);
 
 	/* a stale socket (bound, nobody listening) is replaced; SIGINT stops too */
@@ -177,7 +164,7 @@ int main(void)
 		T_CHECK(exists(d.socket), "stale socket file");
 	}
 	t_daemon_start(&d, d.dir, NULL);
-	T_CHECK(log_has(&d, "removed stale socket"), "stale socket not reported");
+	T_CHECK(t_daemon_log_count(&d, "removed stale socket"), "stale socket not reported");
 	c = connect_or_die(&d);
 	T_CHECK(sparq_ping(c) == 0, "ping after a stale socket");
 	sparq_disconnect(c);
@@ -193,7 +180,7 @@ int main(void)
 		c = connect_or_die(&d);
 		ret = sparq_connect(d.socket, "one too many", 0, &second);
 		T_CHECK(ret < 0 && !second, "a client beyond --max-clients 1 connected (%d)", ret);
-		T_CHECK(log_has(&d, "--max-clients"), "the refusal is not logged");
+		T_CHECK(t_daemon_log_count(&d, "--max-clients"), "the refusal is not logged");
 		T_CHECK(sparq_ping(c) == 0, "the admitted client stopped being served");
 		sparq_disconnect(c);
 		for (int i = 0; i < 500; i++) {

@@ -97,20 +97,6 @@ static const struct sparq_session_info *find(const struct sparq_session_info *v,
 	return NULL;
 }
 
-static bool log_has(const struct t_daemon *d, const char *what)
-{
-	char line[1024];
-	bool found = false;
-	FILE *f = fopen(d->log, "r");
-
-	if (!f)
-		return false;
-	while (!found && fgets(line, sizeof(line), f))
-		found = strstr(line, what) != NULL;
-	fclose(f);
-	return found;
-}
-
 int main(void)
 {
 	struct sparq_session_opts o = {
@@ -158,9 +144,9 @@ int main(void)
 	/* SIGTERM with the client still connected: keep parked, exit 0 */
 	T_CHECK(t_daemon_stop(&d) == 0, "SIGTERM did not end in exit 0");
 	snprintf(what, sizeof(what), "session %llu parked", (unsigned long long)keep);
-	T_CHECK(log_has(&d, what), "log lacks '%s'", what);
+	T_CHECK(t_daemon_log_count(&d, what), "log lacks '%s'", what);
 	snprintf(what, sizeof(what), "session %llu not parked", (unsigned long long)empty);
-	T_CHECK(log_has(&d, what), "log lacks '%s'", what);
+	T_CHECK(t_daemon_log_count(&d, what), "log lacks '%s'", what);
 	sparq_disconnect(c);
 
 	/* restart: listed as parked, unusable until resumed, then identical */

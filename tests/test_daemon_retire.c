@@ -54,20 +54,6 @@ static const struct sparq_session_info *find(const struct sparq_session_info *v,
 	return NULL;
 }
 
-static unsigned log_count(const struct t_daemon *d, const char *what)
-{
-	char line[1024];
-	unsigned n = 0;
-	FILE *f = fopen(d->log, "r");
-
-	if (!f)
-		return 0;
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, what) != NULL;
-	fclose(f);
-	return n;
-}
-
 int main(void)
 {
 	const char *args[] = { "--log-level", "debug", NULL };
@@ -141,7 +127,7 @@ int main(void)
 	sparq_disconnect(watch);
 	printf("%u rounds: list showed the departing session open %u times, resume met it "
 	       "still open %u times and waited for its retirement %u times\n", ROUNDS, open_seen,
-	       busy_before, log_count(&d, "waiting for its retirement"));
+	       busy_before, t_daemon_log_count(&d, "waiting for its retirement"));
 	T_CHECK(t_daemon_stop(&d) == 0, "SIGTERM did not end in exit 0");
 	t_daemon_cleanup(&d);
 	printf("PASS\n");

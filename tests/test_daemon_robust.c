@@ -26,16 +26,7 @@
 #include "half.h"
 #include "raw_client.h"
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, \
-				#cond);                                               \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			exit(T_DAEMON_EXIT_FAIL);                                     \
-		}                                                                     \
-	} while (0)
+#define CHECK T_REQUIRE
 
 /* The session every data-plane abuse aims at: 2 layers, 4 q / 2 KV heads, d 64, f16. */
 #define LAYERS 2u

@@ -24,15 +24,7 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			failures++;                                                   \
-		}                                                                     \
-	} while (0)
+#define CHECK(cond, ...) T_EXPECT(failures, cond, __VA_ARGS__)
 
 /* ---- the strict parser ---- */
 
@@ -413,22 +405,15 @@ static int run_sparqd(const char *dir, const char *const *extra)
 	}
 	if (pid < 0 || waitpid(pid, &status, 0) != pid)
 		return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 static bool log_has(const char *dir, const char *what)
 {
-	char path[PATH_MAX], buf[8192] = "";
-	size_t n = 0;
-	FILE *f;
+	char path[PATH_MAX], buf[8192];
 
 	snprintf(path, sizeof(path), "%s/sparqd2.log", dir);
-	f = fopen(path, "r");
-	if (f) {
-		n = fread(buf, 1, sizeof(buf) - 1, f);
-		fclose(f);
-	}
-	buf[n] = '\0';
+	t_slurp(path, buf, sizeof(buf));
 	return strstr(buf, what) != NULL;
 }
 

@@ -29,33 +29,13 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			failures++;                                                   \
-		}                                                                     \
-	} while (0)
+#define CHECK(cond, ...) T_EXPECT(failures, cond, __VA_ARGS__)
 
 struct run {
 	int code;
 	char out[65536];
 	char err[8192];
 };
-
-static void slurp(const char *path, char *buf, size_t cap)
-{
-	FILE *f = fopen(path, "r");
-	size_t n = 0;
-
-	if (f) {
-		n = fread(buf, 1, cap - 1, f);
-		fclose(f);
-	}
-	buf[n] = '\0';
-}
 
 /* Runs sparqctl with args (NULL-terminated); as_uid >= 0 drops to that uid first. */
 static void ctl(struct run *r, const char *dir, int as_uid, const char *const *args)
@@ -89,9 +69,9 @@ static void ctl(struct run *r, const char *dir, int as_uid, const char *const *a
 	}
 	if (waitpid(pid, &status, 0) != pid)
 		T_DAEMON_DIE(T_EXIT_FAIL, "waitpid: %s", strerror(errno));
-	r->code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-	slurp(out, r->out, sizeof(r->out));
-	slurp(err, r->err, sizeof(r->err));
+	r->code = t_exit_code(status);
+	t_slurp(out, r->out, sizeof(r->out));
+	t_slurp(err, r->err, sizeof(r->err));
 }
 
 /* ---- a strict JSON parser (RFC 8259): true when the whole text is one value ---- */

@@ -32,28 +32,15 @@
 
 static int failures;
 
-#define CHECK(cond, ...)                                                              \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			failures++;                                                   \
-		}                                                                     \
-	} while (0)
+#define CHECK(cond, ...) T_EXPECT(failures, cond, __VA_ARGS__)
 
+/* The first MiB of path in a buffer the caller frees ("" when unreadable, NULL on ENOMEM). */
 static char *slurp(const char *path)
 {
-	FILE *f = fopen(path, "r");
-	char *buf = calloc(1, 1 << 20);
-	size_t n = 0;
+	char *buf = malloc(1 << 20);
 
-	if (f && buf) {
-		n = fread(buf, 1, (1 << 20) - 1, f);
-		buf[n] = '\0';
-	}
-	if (f)
-		fclose(f);
+	if (buf)
+		t_slurp(path, buf, 1 << 20);
 	return buf;
 }
 
@@ -83,7 +70,7 @@ static int stress(const char *dir, const char *name, const char *const *args)
 	}
 	if (pid < 0 || waitpid(pid, &status, 0) != pid)
 		return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 /* The unsigned number after "key": in a JSON text, or -1. */
@@ -136,7 +123,7 @@ static int sparqd_exit(const char *const *args)
 	}
 	if (pid < 0 || waitpid(pid, &status, 0) != pid)
 		return -1;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return t_exit_code(status);
 }
 
 static int run_faults(const char *dir)
