@@ -270,26 +270,47 @@ static int alloc_entries(struct sd_req *r, uint32_t n, bool select)
 	return 0;
 }
 
+/*
+ * Params as the ring carries them (the protobuf path converts to this layout first, so
+ * both paths check the same way).
+ */
+static int from_shm_params(struct sd_req *r, const struct sparq_shm_params *sp,
+			   struct sd_params *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (sp->use_defaults > 1 || sp->dense > 1 || sp->l_set > 1)
+		return fail(r, -EINVAL, "params flags must be 0 or 1");
+	if (sp->use_defaults) {
+		out->use_defaults = true;
+		return 0;
+	}
+	if (sp->blend > SPARQ_BLEND_OFF)
+		return fail(r, -EINVAL, "unknown blend mode %u", sp->blend);
+	if (!isfinite(sp->ratio))
+		return fail(r, -EINVAL, "ratio is not finite");
+	out->p.r = sp->r;
+	out->p.k = sp->k;
+	out->p.l = sp->l_set ? sp->l : -1;
+	out->p.ratio = sp->ratio;
+	out->p.blend = (enum sparq_blend)sp->blend;
+	out->dense = sp->dense;
+	return 0;
+}
+
 /* ---- protobuf path ---- */
 
 static int from_pb_params(struct sd_req *r, const Sparq__V1__Params *pb, struct sd_params *out)
 {
-	memset(out, 0, sizeof(*out));
-	if (!pb) {
-		out->use_defaults = true;
-		return 0;
-	}
-	if ((unsigned)pb->blend > SPARQ__V1__BLEND__BLEND_OFF)
+	struct sparq_shm_params sp = { .use_defaults = 1 };
+
+	/* checked here: the enum is wider than the ring's byte, which would wrap */
+	if (pb && (unsigned)pb->blend > SPARQ__V1__BLEND__BLEND_OFF)
 		return fail(r, -EINVAL, "unknown blend mode %d", (int)pb->blend);
-	if (!isfinite(pb->ratio))
-		return fail(r, -EINVAL, "ratio is not finite");
-	out->p.r = pb->r;
-	out->p.k = pb->k;
-	out->p.l = pb->l_set ? pb->l : -1;
-	out->p.ratio = pb->ratio;
-	out->p.blend = (enum sparq_blend)pb->blend;
-	out->dense = pb->dense;
-	return 0;
+	if (pb)
+		sp = (struct sparq_shm_params){ .r = pb->r, .k = pb->k, .l = pb->l,
+						.ratio = pb->ratio, .blend = (uint8_t)pb->blend,
+						.dense = pb->dense != 0, .l_set = pb->l_set != 0 };
+	return from_shm_params(r, &sp, out);
 }
 
 static int from_pb_geometry(struct sd_req *r, const Sparq__V1__Geometry *pb)
@@ -482,29 +503,6 @@ int sd_req_decode_msg(const struct sd_req_ctx *ctx, const uint8_t *buf, size_t l
 }
 
 /* ---- ring path ---- */
-
-static int from_shm_params(struct sd_req *r, const struct sparq_shm_params *sp,
-			   struct sd_params *out)
-{
-	memset(out, 0, sizeof(*out));
-	if (sp->use_defaults > 1 || sp->dense > 1 || sp->l_set > 1)
-		return fail(r, -EINVAL, "params flags must be 0 or 1");
-	if (sp->use_defaults) {
-		out->use_defaults = true;
-		return 0;
-	}
-	if (sp->blend > SPARQ_BLEND_OFF)
-		return fail(r, -EINVAL, "unknown blend mode %u", sp->blend);
-	if (!isfinite(sp->ratio))
-		return fail(r, -EINVAL, "ratio is not finite");
-	out->p.r = sp->r;
-	out->p.k = sp->k;
-	out->p.l = sp->l_set ? sp->l : -1;
-	out->p.ratio = sp->ratio;
-	out->p.blend = (enum sparq_blend)sp->blend;
-	out->dense = sp->dense;
-	return 0;
-}
 
 static int decode_sqe_entries(const struct sd_req_ctx *ctx, struct sd_req *r, uint64_t off,
 			      bool select)

@@ -273,6 +273,9 @@ static void bad_sessions(struct raw_client *c)
 	p.ratio = 8;
 	p.blend = 9;
 	expect_call(c, &req, -EINVAL, "create with blend 9");
+	/* 258 is 2 (off) in the ring's byte: the protobuf path must refuse it, not wrap it */
+	p.blend = 258;
+	expect_call(c, &req, -EINVAL, "create with blend 258");
 	p.blend = 0;
 	memset(label, 'x', sizeof(label) - 1);
 	label[sizeof(label) - 1] = '\0';
