@@ -439,10 +439,23 @@ static int parked_meta(struct sd_sessions *t, uint32_t uid, uint64_t id, struct 
 	return 0;
 }
 
+/* Close and drop of a session not loaded here: checks that uid owns the parked copy, drops it. */
+static int drop_parked_only(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
+{
+	struct sd_meta m;
+	int ret = parked_meta(t, uid, id, &m, NULL, NULL, why);
+
+	if (ret)
+		return ret;
+	sd_meta_free(&m);
+	ret = tier_drop(t->tm, id);
+	*why = ret ? "dropping the parked copy failed" : "";
+	return ret;
+}
+
 int sd_session_close(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
 {
 	struct sd_session *s;
-	struct sd_meta m;
 	int ret = settled(t, uid, id, true, &s, why);
 
 	if (ret)
@@ -463,19 +476,12 @@ int sd_session_close(struct sd_sessions *t, uint32_t uid, uint64_t id, const cha
 		*why = ret ? "closed, but dropping the parked copy failed" : "";
 		return ret;
 	}
-	ret = parked_meta(t, uid, id, &m, NULL, NULL, why);
-	if (ret)
-		return ret;
-	sd_meta_free(&m);
-	ret = tier_drop(t->tm, id);
-	*why = ret ? "dropping the parked copy failed" : "";
-	return ret;
+	return drop_parked_only(t, uid, id, why);
 }
 
 int sd_session_drop(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
 {
 	struct sd_session *s;
-	struct sd_meta m;
 	int ret = settled(t, uid, id, false, &s, why);
 
 	if (ret)
@@ -495,13 +501,7 @@ int sd_session_drop(struct sd_sessions *t, uint32_t uid, uint64_t id, const char
 		sd_session_put(t, s);
 		return ret;
 	}
-	ret = parked_meta(t, uid, id, &m, NULL, NULL, why);
-	if (ret)
-		return ret;
-	sd_meta_free(&m);
-	ret = tier_drop(t->tm, id);
-	*why = ret ? "dropping the parked copy failed" : "";
-	return ret;
+	return drop_parked_only(t, uid, id, why);
 }
 
 int sd_session_resume(struct sd_sessions *t, uint32_t uid, uint32_t pid, uint64_t conn,
