@@ -57,6 +57,17 @@ static int cqe_fail(struct sparq_client *c, const struct sparq_cqe *cqe, const c
 				 cqe->why[0] ? cqe->why : "the daemon refused the request");
 }
 
+/*
+ * Bytes of the data area one piece of a split append or gather may fill: a piece holds
+ * two arrays, and each may lose up to SPARQ_CLIENT_ALIGN to alignment.
+ */
+static uint64_t piece_room(const struct sparq_client *c)
+{
+	if (c->shm.data_bytes <= 2 * SPARQ_CLIENT_ALIGN)
+		return 0;
+	return c->shm.data_bytes - 2 * SPARQ_CLIENT_ALIGN;
+}
+
 int sparq_append(struct sparq_client *c, uint64_t id, uint32_t layer, uint32_t n_tokens,
 		 const uint16_t *k, const uint16_t *v)
 {
@@ -82,9 +93,7 @@ int sparq_append(struct sparq_client *c, uint64_t id, uint32_t layer, uint32_t n
 	}
 	/* one token of K (or V): [n_kv_heads][head_dim] */
 	const uint64_t tok = (uint64_t)g.n_kv_heads * g.head_dim * dtype_bytes(&g);
-	const uint64_t room = c->shm.data_bytes > 2 * SPARQ_CLIENT_ALIGN ?
-				      c->shm.data_bytes - 2 * SPARQ_CLIENT_ALIGN : 0;
-	uint64_t per_piece = room / (2 * tok);
+	uint64_t per_piece = piece_room(c) / (2 * tok);
 	if (per_piece == 0) {
 		ret = sparq_client_fail(c, -E2BIG, "append: one token does not fit the shared area");
 		goto out;
@@ -291,9 +300,7 @@ int sparq_gather(struct sparq_client *c, uint64_t id, uint32_t layer, uint32_t k
 	}
 	/* one record: the K row then the V row */
 	const uint64_t rec = 2ull * g.head_dim * dtype_bytes(&g);
-	const uint64_t room = c->shm.data_bytes > 2 * SPARQ_CLIENT_ALIGN ?
-				      c->shm.data_bytes - 2 * SPARQ_CLIENT_ALIGN : 0;
-	uint64_t per_piece = room / (rec + sizeof(uint32_t));
+	uint64_t per_piece = piece_room(c) / (rec + sizeof(uint32_t));
 	if (per_piece > n)
 		per_piece = n;
 	while (done < n) {
