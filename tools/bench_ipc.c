@@ -161,19 +161,6 @@ static int usage_error(const char *msg, const char *arg)
 	return 2;
 }
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-	char *end;
-	unsigned long v;
-
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end || end == s || v < lo || v > hi || s[0] == '-')
-		return -EINVAL;
-	*out = (uint32_t)v;
-	return 0;
-}
-
 /* 0 to run, 1 after --help, 2 after a usage error (reported). */
 static int parse(int argc, char **argv, struct ipc_opts *o)
 {
@@ -203,7 +190,7 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 			o->n_ctx = 0;
 			for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 				if (o->n_ctx == MAX_CTX ||
-				    parse_u32(tok, 256, 1u << 22, &o->ctx[o->n_ctx++])) {
+				    bench_parse_u32(tok, 256, 1u << 22, &o->ctx[o->n_ctx++])) {
 					free(list);
 					return usage_error("--context: expected up to 8 lengths in "
 							   "[256, 4194304], got", optarg);
@@ -214,11 +201,11 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 				return usage_error("--context: no length in", optarg);
 			break;
 		case 'n':
-			if (parse_u32(optarg, 1, 1000000, &o->reps))
+			if (bench_parse_u32(optarg, 1, 1000000, &o->reps))
 				return usage_error("--reps: expected an integer in [1, 1000000], got", optarg);
 			break;
 		case 'C':
-			if (parse_u32(optarg, 0, 64, &o->clients))
+			if (bench_parse_u32(optarg, 0, 64, &o->clients))
 				return usage_error("--clients: expected an integer in [0, 64], got", optarg);
 			break;
 		case 'L':
@@ -227,15 +214,15 @@ static int parse(int argc, char **argv, struct ipc_opts *o)
 				return usage_error("--load-seconds: expected seconds in (0, 3600], got", optarg);
 			break;
 		case 't':
-			if (parse_u32(optarg, 0, 256, &o->threads))
+			if (bench_parse_u32(optarg, 0, 256, &o->threads))
 				return usage_error("--threads: expected an integer in [0, 256], got", optarg);
 			break;
 		case 'w':
-			if (parse_u32(optarg, 1, 256, &o->workers))
+			if (bench_parse_u32(optarg, 1, 256, &o->workers))
 				return usage_error("--workers: expected an integer in [1, 256], got", optarg);
 			break;
 		case 'g':
-			if (parse_u32(optarg, 0, 1000000, &o->gap_us))
+			if (bench_parse_u32(optarg, 0, 1000000, &o->gap_us))
 				return usage_error("--gap-us: expected an integer in [0, 1000000], got", optarg);
 			break;
 		case 'r':

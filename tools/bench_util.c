@@ -117,6 +117,20 @@ void *bench_alloc_huge(size_t bytes, bool *huge)
 	return p;
 }
 
+int bench_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	/* strtoul takes "-1" as ULONG_MAX: a sign is refused, not wrapped */
+	if (errno || *end || end == s || v < lo || v > hi || s[0] == '-')
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
 uint32_t bench_online_cpus(void)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -57,6 +57,9 @@ void *bench_alloc_huge(size_t bytes, bool *huge);
 /* Online CPUs, at least 1: what a thread count of 0 means, for the backend too. */
 uint32_t bench_online_cpus(void);
 
+/* A command-line number: 0 with *out set, or -EINVAL unless s is a decimal in [lo, hi]. */
+int bench_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out);
+
 /* Median of n >= 1 samples (mean of the middle two for even n); sorts v in place. */
 double bench_median(uint64_t *v, uint32_t n);
 /* Nearest-rank percentile p in (0, 100] of n >= 1 samples; sorts v in place. */

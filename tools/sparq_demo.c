@@ -59,19 +59,6 @@ static void usage(FILE *f)
 		   "  next to this program)\n");
 }
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-	char *end;
-	unsigned long v;
-
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end || end == s || v < lo || v > hi || s[0] == '-')
-		return -EINVAL;
-	*out = (uint32_t)v;
-	return 0;
-}
-
 /* Starts sparqd on a fresh ./sparqd-demo-XXXXXX, its tiers sized to this run. */
 static int daemon_start(struct sparqd_child *dn, const struct demo *d)
 {
@@ -289,13 +276,13 @@ int main(int argc, char **argv)
 		char *end;
 		switch (opt) {
 		case 'c':
-			if (parse_u32(optarg, 4 * N_NEEDLES * 2, 1u << 24, &dm.context)) {
+			if (bench_parse_u32(optarg, 4 * N_NEEDLES * 2, 1u << 24, &dm.context)) {
 				fprintf(stderr, "sparq-demo: --context must be an integer in [128, 16777216]\n");
 				return 2;
 			}
 			break;
 		case 's':
-			if (parse_u32(optarg, 1, 100000, &dm.steps)) {
+			if (bench_parse_u32(optarg, 1, 100000, &dm.steps)) {
 				fprintf(stderr, "sparq-demo: --steps must be an integer in [1, 100000]\n");
 				return 2;
 			}
@@ -308,7 +295,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 't':
-			if (parse_u32(optarg, 0, 256, &dm.threads)) {
+			if (bench_parse_u32(optarg, 0, 256, &dm.threads)) {
 				fprintf(stderr, "sparq-demo: --threads must be an integer in [0, 256]\n");
 				return 2;
 			}
