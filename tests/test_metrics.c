@@ -420,7 +420,7 @@ static bool log_has(const char *dir, const char *what)
 int main(void)
 {
 	enum { TOKENS = 64, D = 64, KV = 2, Q = 4, APPENDS = 3, ATTENDS = 5 };
-	struct t_daemon d;
+	struct t_daemon d = { 0 };
 	struct expo *e = malloc(sizeof(*e));
 	char *buf = malloc(1 << 20);
 	char port_s[16], key[128];
