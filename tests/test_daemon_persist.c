@@ -14,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "client_helpers.h"
 #include "daemon_helpers.h"
 #include "helpers.h"
 #include "libsparq.h"
@@ -23,13 +24,6 @@
 #define HKV 2u
 #define D 64u
 #define S0 700u
-
-#define CHECK_OK(c, call)                                                               \
-	do {                                                                            \
-		int r_ = (call);                                                        \
-		T_CHECK(r_ == 0, "%s = %d (%s): %s", #call, r_, strerror(-r_),          \
-			sparq_client_error(c));                                         \
-	} while (0)
 
 static uint16_t elem(uint32_t layer, uint32_t pos, uint32_t h, uint32_t i, bool is_v)
 {
@@ -50,7 +44,7 @@ static void append(struct sparq_client *c, uint64_t id, uint32_t layer, uint32_t
 				k[at] = elem(layer, pos + t, h, i, false);
 				v[at] = elem(layer, pos + t, h, i, true);
 			}
-	CHECK_OK(c, sparq_append(c, id, layer, n, k, v));
+	T_CHECK_OK(c, sparq_append(c, id, layer, n, k, v));
 	free(k);
 	free(v);
 }
@@ -65,7 +59,7 @@ static void check_rows(struct sparq_client *c, uint64_t id, uint32_t n)
 		pos[j] = j;
 	for (uint32_t l = 0; l < L; l++)
 		for (uint32_t h = 0; h < HKV; h++) {
-			CHECK_OK(c, sparq_gather(c, id, l, h, pos, n, out));
+			T_CHECK_OK(c, sparq_gather(c, id, l, h, pos, n, out));
 			for (uint32_t j = 0; j < n; j++)
 				for (uint32_t i = 0; i < D; i++)
 					T_CHECK(out[(size_t)j * 2 * D + i] == elem(l, j, h, i, false) &&
@@ -85,16 +79,7 @@ static void attend(struct sparq_client *c, uint64_t id, float *y, float *alpha)
 
 	for (uint32_t i = 0; i < HQ * D; i++)
 		q[i] = (float)t_normal(&r);
-	CHECK_OK(c, sparq_attend(c, 1, &req, 1, &bad));
-}
-
-static const struct sparq_session_info *find(const struct sparq_session_info *v, uint32_t n,
-					     uint64_t id)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (v[i].id == id)
-			return &v[i];
-	return NULL;
+	T_CHECK_OK(c, sparq_attend(c, 1, &req, 1, &bad));
 }
 
 int main(void)
@@ -118,13 +103,13 @@ int main(void)
 
 	t_daemon_need_own("the persistence test");
 	t_daemon_start(&d, NULL, NULL);
-	CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
-	CHECK_OK(c, sparq_session_create(c, &o, &keep));
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
+	T_CHECK_OK(c, sparq_session_create(c, &o, &keep));
 	o.label = "empty";
-	CHECK_OK(c, sparq_session_create(c, &o, &empty));
+	T_CHECK_OK(c, sparq_session_create(c, &o, &empty));
 	o.persistent = false;
 	o.label = "plain";
-	CHECK_OK(c, sparq_session_create(c, &o, &plain));
+	T_CHECK_OK(c, sparq_session_create(c, &o, &plain));
 	for (uint32_t l = 0; l < L; l++) {
 		append(c, keep, l, 0, S0 - 1);
 		append(c, keep, l, S0 - 1, 1);
@@ -133,13 +118,13 @@ int main(void)
 	attend(c, keep, y0, a0);
 	check_rows(c, keep, S0);
 	/* an explicit park works once; twice is -EEXIST; parking the empty one is refused */
-	CHECK_OK(c, sparq_session_park(c, plain));
+	T_CHECK_OK(c, sparq_session_park(c, plain));
 	ret = sparq_session_park(c, plain);
 	T_CHECK(ret == -EEXIST, "second park: %d", ret);
 	ret = sparq_session_park(c, empty);
 	T_CHECK(ret == -EINVAL && strstr(sparq_client_error(c), "empty"),
 		"park of an empty session: %d %s", ret, sparq_client_error(c));
-	CHECK_OK(c, sparq_session_drop(c, plain));
+	T_CHECK_OK(c, sparq_session_drop(c, plain));
 
 	/* SIGTERM with the client still connected: keep parked, exit 0 */
 	T_CHECK(t_daemon_stop(&d) == 0, "SIGTERM did not end in exit 0");
@@ -151,15 +136,16 @@ int main(void)
 
 	/* restart: listed as parked, unusable until resumed, then identical */
 	t_daemon_start(&d, d.dir, NULL);
-	CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
-	CHECK_OK(c, sparq_session_list(c, list, 16, &n));
-	info = find(list, n < 16 ? n : 16, keep);
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
+	T_CHECK_OK(c, sparq_session_list(c, list, 16, &n));
+	info = t_session_find(list, n < 16 ? n : 16, keep);
 	T_CHECK(info && info->parked && !info->open && info->persistent && info->tokens == S0 &&
 			strcmp(info->label, "keep") == 0 && info->geometry.n_layers == L &&
 			info->geometry.n_q_heads == HQ && info->geometry.head_dim == D &&
 			info->owner_uid == getuid(),
 		"parked session listed wrong (found %d)", info != NULL);
-	T_CHECK(!find(list, n < 16 ? n : 16, plain) && !find(list, n < 16 ? n : 16, empty),
+	T_CHECK(!t_session_find(list, n < 16 ? n : 16, plain) &&
+			!t_session_find(list, n < 16 ? n : 16, empty),
 		"a session that was not parked came back");
 	{
 		int32_t bad;
@@ -168,14 +154,14 @@ int main(void)
 		ret = sparq_attend(c, 1, &req, 1, &bad);
 		T_CHECK(ret == -ENOENT, "attend on a parked, unresumed session: %d", ret);
 	}
-	CHECK_OK(c, sparq_session_resume(c, keep, false));
+	T_CHECK_OK(c, sparq_session_resume(c, keep, false));
 	ret = sparq_session_resume(c, keep, false);
 	T_CHECK(ret == -EBUSY, "second resume: %d", ret);
 	attend(c, keep, y1, a1);
 	T_CHECK(memcmp(y0, y1, sizeof(y0)) == 0 && memcmp(a0, a1, sizeof(a0)) == 0,
 		"attention after resume differs from before the restart");
 	check_rows(c, keep, S0);
-	CHECK_OK(c, sparq_session_create(c, &o, &fresh));
+	T_CHECK_OK(c, sparq_session_create(c, &o, &fresh));
 	T_CHECK(fresh > keep, "new id %llu not above the parked %llu", (unsigned long long)fresh,
 		(unsigned long long)keep);
 
@@ -183,11 +169,11 @@ int main(void)
 	for (uint32_t l = 0; l < L; l++)
 		append(c, keep, l, S0, 1);
 	sparq_disconnect(c);
-	CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
 	for (int tries = 0;; tries++) {
 		/* the departure is retired behind the last request, asynchronously */
-		CHECK_OK(c, sparq_session_list(c, list, 16, &n));
-		info = find(list, n < 16 ? n : 16, keep);
+		T_CHECK_OK(c, sparq_session_list(c, list, 16, &n));
+		info = t_session_find(list, n < 16 ? n : 16, keep);
 		if ((info && !info->open && info->tokens == S0 + 1) || tries == 500)
 			break;
 		t_daemon_sleep_ms(10);
@@ -195,16 +181,16 @@ int main(void)
 	T_CHECK(info && info->parked && !info->open && info->tokens == S0 + 1,
 		"after the disconnect: found %d open %d tokens %llu", info != NULL,
 		info ? info->open : 0, info ? (unsigned long long)info->tokens : 0ull);
-	T_CHECK(!find(list, n < 16 ? n : 16, fresh), "a plain session outlived its client");
-	CHECK_OK(c, sparq_session_resume(c, keep, true));
+	T_CHECK(!t_session_find(list, n < 16 ? n : 16, fresh), "a plain session outlived its client");
+	T_CHECK_OK(c, sparq_session_resume(c, keep, true));
 	check_rows(c, keep, S0 + 1);
 
 	/* close drops the parked copy too */
-	CHECK_OK(c, sparq_session_close(c, keep));
+	T_CHECK_OK(c, sparq_session_close(c, keep));
 	ret = sparq_session_resume(c, keep, false);
 	T_CHECK(ret == -ENOENT, "resume after close: %d", ret);
-	CHECK_OK(c, sparq_session_list(c, list, 16, &n));
-	T_CHECK(!find(list, n < 16 ? n : 16, keep), "closed session still listed");
+	T_CHECK_OK(c, sparq_session_list(c, list, 16, &n));
+	T_CHECK(!t_session_find(list, n < 16 ? n : 16, keep), "closed session still listed");
 	sparq_disconnect(c);
 	T_CHECK(t_daemon_stop(&d) == 0, "second SIGTERM did not end in exit 0");
 	t_daemon_cleanup(&d);

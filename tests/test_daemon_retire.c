@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "client_helpers.h"
 #include "daemon_helpers.h"
 #include "helpers.h"
 #include "libsparq.h"
@@ -23,13 +24,6 @@
 #define S0 512u
 #define ROUNDS 120u
 
-#define CHECK_OK(c, call)                                                               \
-	do {                                                                            \
-		int r_ = (call);                                                        \
-		T_CHECK(r_ == 0, "%s = %d (%s): %s", #call, r_, strerror(-r_),          \
-			sparq_client_error(c));                                         \
-	} while (0)
-
 static void append(struct sparq_client *c, uint64_t id, uint32_t n, uint32_t seed)
 {
 	uint16_t *k = t_alloc((size_t)n * HKV * D * 2), *v = t_alloc((size_t)n * HKV * D * 2);
@@ -40,18 +34,9 @@ static void append(struct sparq_client *c, uint64_t id, uint32_t n, uint32_t see
 		v[i] = sparq_f32_to_f16((float)t_normal(&r));
 	}
 	for (uint32_t l = 0; l < L; l++)
-		CHECK_OK(c, sparq_append(c, id, l, n, k, v));
+		T_CHECK_OK(c, sparq_append(c, id, l, n, k, v));
 	free(k);
 	free(v);
-}
-
-static const struct sparq_session_info *find(const struct sparq_session_info *v, uint32_t n,
-					     uint64_t id)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (v[i].id == id)
-			return &v[i];
-	return NULL;
 }
 
 int main(void)
@@ -75,9 +60,9 @@ int main(void)
 
 	t_daemon_need_own("the retirement race test");
 	t_daemon_start(&d, NULL, args);
-	CHECK_OK(NULL, sparq_connect(d.socket, "retire-watch", 0, &watch));
-	CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
-	CHECK_OK(c, sparq_session_create(c, &o, &id));
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "retire-watch", 0, &watch));
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
+	T_CHECK_OK(c, sparq_session_create(c, &o, &id));
 	append(c, id, S0, 0);
 	for (uint32_t round = 0; round < ROUNDS; round++) {
 		append(c, id, 1, round + 1);
@@ -86,8 +71,8 @@ int main(void)
 		if (round % 2 == 0) {
 			/* watch list: open (streams held) until it says parked and closed */
 			for (uint64_t end = t_daemon_now_ms() + 30000;; open_seen++) {
-				CHECK_OK(watch, sparq_session_list(watch, list, 8, &n));
-				info = find(list, n < 8 ? n : 8, id);
+				T_CHECK_OK(watch, sparq_session_list(watch, list, 8, &n));
+				info = t_session_find(list, n < 8 ? n : 8, id);
 				T_CHECK(info, "round %u: the session is not listed", round);
 				if (!info->open)
 					break;
@@ -97,14 +82,14 @@ int main(void)
 				"round %u: listed closed but parked %d with %llu tokens (want %llu)",
 				round, info->parked, (unsigned long long)info->tokens,
 				(unsigned long long)tokens);
-			CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
+			T_CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
 			ret = sparq_session_resume(c, id, round % 4 == 0);
 			T_CHECK(ret == 0, "round %u: resume right after list showed the session "
 				"parked and closed: %d (%s)", round, ret, sparq_client_error(c));
 		} else {
 			/* resume at once: only "already open" (the daemon has not seen the
 			 * hang-up yet) may precede success, never a retirement in progress */
-			CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
+			T_CHECK_OK(NULL, sparq_connect(d.socket, "retire", 0, &c));
 			for (uint64_t end = t_daemon_now_ms() + 30000;; busy_before++) {
 				ret = sparq_session_resume(c, id, round % 4 == 1);
 				if (ret != -EBUSY)
@@ -116,13 +101,13 @@ int main(void)
 			T_CHECK(ret == 0, "round %u: resume: %d (%s)", round, ret,
 				sparq_client_error(c));
 		}
-		CHECK_OK(c, sparq_session_list(c, list, 8, &n));
-		info = find(list, n < 8 ? n : 8, id);
+		T_CHECK_OK(c, sparq_session_list(c, list, 8, &n));
+		info = t_session_find(list, n < 8 ? n : 8, id);
 		T_CHECK(info && info->open && info->parked && info->tokens == tokens,
 			"round %u: resumed session listed wrong (tokens %llu, want %llu)", round,
 			info ? (unsigned long long)info->tokens : 0ull, (unsigned long long)tokens);
 	}
-	CHECK_OK(c, sparq_session_close(c, id));
+	T_CHECK_OK(c, sparq_session_close(c, id));
 	sparq_disconnect(c);
 	sparq_disconnect(watch);
 	printf("%u rounds: list showed the departing session open %u times, resume met it "
