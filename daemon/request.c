@@ -151,6 +151,18 @@ static uint64_t esize(const struct sd_geometry *g)
 	return sparq_dtype_size(g->dtype);
 }
 
+/* Append and gather address one layer of one session: its geometry into r->geo. */
+static int lookup_layer(const struct sd_req_ctx *ctx, struct sd_req *r)
+{
+	int ret = lookup(ctx, r, r->session, &r->geo);
+
+	if (ret)
+		return ret;
+	if (r->layer >= r->geo.n_layers)
+		return fail(r, -EINVAL, "layer %u not below n_layers %u", r->layer, r->geo.n_layers);
+	return 0;
+}
+
 static int check_append(const struct sd_req_ctx *ctx, struct sd_req *r, uint64_t k_off,
 			uint64_t v_off)
 {
@@ -158,11 +170,9 @@ static int check_append(const struct sd_req_ctx *ctx, struct sd_req *r, uint64_t
 	uint64_t bytes;
 	int ret;
 
-	ret = lookup(ctx, r, r->session, &r->geo);
+	ret = lookup_layer(ctx, r);
 	if (ret)
 		return ret;
-	if (r->layer >= r->geo.n_layers)
-		return fail(r, -EINVAL, "layer %u not below n_layers %u", r->layer, r->geo.n_layers);
 	if (r->n == 0 || r->n > SPARQ_POS_MAX)
 		return fail(r, -EINVAL, "n_tokens %u not in [1, 2^31]", r->n);
 	bytes = (uint64_t)r->n * r->geo.n_kv_heads * r->geo.head_dim * esize(&r->geo);
@@ -182,11 +192,9 @@ static int check_gather(const struct sd_req_ctx *ctx, struct sd_req *r, uint64_t
 	void *pos, *out;
 	int ret;
 
-	ret = lookup(ctx, r, r->session, &r->geo);
+	ret = lookup_layer(ctx, r);
 	if (ret)
 		return ret;
-	if (r->layer >= r->geo.n_layers)
-		return fail(r, -EINVAL, "layer %u not below n_layers %u", r->layer, r->geo.n_layers);
 	if (r->kv_head >= r->geo.n_kv_heads)
 		return fail(r, -EINVAL, "kv_head %u not below n_kv_heads %u", r->kv_head,
 			    r->geo.n_kv_heads);
