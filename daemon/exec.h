@@ -15,7 +15,7 @@ void sd_exec(struct sparqd *d, struct sd_client *c, struct sd_job *job);
  * Takes the next submission of c's ring into a new decoded job (*out). 1: taken, 0: the
  * ring is empty (or every completion slot is owed), -EPROTO: its tail is impossible,
  * -ENOMEM: taken but no job for it (*lost: its user_data, owed an answer). Only the
- * ring's consumer of the moment calls it (the loop, or the worker polling it).
+ * ring's consumer calls it: the worker that owns the client (workers.h).
  */
 int sd_ring_take(struct sparqd *d, struct sd_client *c, struct sd_job **out, uint64_t *lost);
 /* Completes user_data with -ENOMEM "out of memory" (the completion ring's writer only). */

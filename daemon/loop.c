@@ -3,10 +3,15 @@
  *
  * A client's life: accepted (peer credentials recorded), hello (region and doorbells
  * created and passed), requests, then gone (EOF, error, or daemon shutdown). When it
- * goes, its fds leave epoll at once and a teardown job is queued behind its last
+ * goes, its socket leaves epoll at once and a teardown job is queued behind its last
  * request; the worker that runs it retires the client's sessions and hands the client
  * back here to be freed (region unmapped, fds closed). Nothing of a client is freed
  * while a worker may still touch it.
+ *
+ * The loop reads sockets only: ring submissions never pass through it. After hello a
+ * client's submit doorbell belongs to the workers' epoll set (workers.h), so a ring
+ * request wakes one thread, the worker that runs it. Control requests are queued for
+ * the client's owner; the loop answers one at once only while the client is idle.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -137,11 +142,14 @@ static void client_free(struct sparqd *d, struct sd_client *c)
 	}
 	if (c->sock >= 0)
 		close(c->sock);
+	/* the client holds the same eventfd: closing ours would not leave the set */
+	sd_pool_unwatch(d, c);
 	if (c->submit_fd >= 0)
 		close(c->submit_fd);
 	if (c->complete_fd >= 0)
 		close(c->complete_fd);
 	sparq_shm_unmap(&c->shm);
+	free(c->bye);
 	sd_log(&d->log, SD_LOG_DEBUG, "client %" PRIu64 " freed", c->id);
 	free(c);
 }
@@ -149,26 +157,24 @@ static void client_free(struct sparqd *d, struct sd_client *c)
 /* The client is gone: stop listening to it, retire it behind its last request. */
 static void client_gone(struct sparqd *d, struct sd_client *c, const char *how)
 {
-	struct sd_job *job;
+	struct sd_job *job = c->bye;
 
 	if (c->closing)
 		return;
-	c->closing = true;
 	unwatch(d, c->sock);
-	unwatch(d, c->submit_fd);
 	sd_log(&d->log, SD_LOG_DEBUG, "client %" PRIu64 " (%s, pid %u) %s", c->id, c->name, c->pid,
 	       how);
-	job = calloc(1, sizeof(*job));
-	if (!job) {
-		/* without a job the workers cannot retire it: do it here, late but whole */
-		sd_log(&d->log, SD_LOG_WARN, "out of memory: retiring client %" PRIu64 " inline", c->id);
-		sd_pool_drain(d);
+	if (!c->hello_done) {
+		/* no worker ever sees a client before hello (each of its requests is
+		 * answered at once, and it has no doorbell): retire it here */
+		c->closing = true;
 		sd_sessions_conn_gone(&d->sessions, c->id);
 		client_free(d, c);
 		return;
 	}
+	c->bye = NULL;
 	job->teardown = true;
-	sd_pool_submit(d, c, job);
+	sd_pool_submit(d, c, job);   /* marks it closing */
 }
 
 static void accept_clients(struct sparqd *d)
@@ -212,7 +218,6 @@ static void accept_clients(struct sparqd *d)
 		c->uid = (uint32_t)uid;
 		c->pid = (uint32_t)pid;
 		c->w_sock = (struct sd_watch){ .kind = SD_WATCH_SOCK, .c = c };
-		c->w_submit = (struct sd_watch){ .kind = SD_WATCH_SUBMIT, .c = c };
 		if (watch(d, fd, &c->w_sock)) {
 			close(fd);
 			free(c);
@@ -248,7 +253,12 @@ static int hello(struct sparqd *d, struct sd_client *c, const struct sd_req *r, 
 	c->complete_fd = eventfd(0, EFD_CLOEXEC);
 	if (c->complete_fd < 0)
 		return -errno;
-	ret = watch(d, c->submit_fd, &c->w_submit);
+	*why = "out of memory";
+	c->bye = calloc(1, sizeof(*c->bye));
+	if (!c->bye)
+		return -ENOMEM;
+	*why = "cannot watch the submit doorbell";
+	ret = sd_pool_watch(d, c);
 	if (ret)
 		return ret;
 	hr.protocol_version = SPARQ_PROTOCOL_VERSION;
@@ -275,7 +285,9 @@ static int hello(struct sparqd *d, struct sd_client *c, const struct sd_req *r, 
 
 static void undo_hello(struct sparqd *d, struct sd_client *c)
 {
-	unwatch(d, c->submit_fd);
+	sd_pool_unwatch(d, c);
+	free(c->bye);
+	c->bye = NULL;
 	if (c->submit_fd >= 0)
 		close(c->submit_fd);
 	if (c->complete_fd >= 0)
@@ -287,11 +299,11 @@ static void undo_hello(struct sparqd *d, struct sd_client *c)
 	c->hello_done = false;
 }
 
-/* Answers now when c is idle (keeps per-client order), else queues behind its work. A
- * ring NOP is a worker's like any ring request: it measures the path an attend takes. */
+/* A control request: answered now when cheap and c is idle (keeps per-client order),
+ * else queued behind its work. Before hello every request is an error, and c idle. */
 static void dispatch(struct sparqd *d, struct sd_client *c, struct sd_job *job)
 {
-	bool cheap = job->req.err || (job->req.op == SD_OP_NOP && !job->req.ring);
+	bool cheap = job->req.err || job->req.op == SD_OP_NOP || !c->hello_done;
 
 	if (cheap && sd_pool_client_idle(d, c)) {
 		sd_exec(d, c, job);
@@ -357,41 +369,6 @@ static void client_readable(struct sparqd *d, struct sd_client *c, uint8_t *buf)
 	dispatch(d, c, job);
 }
 
-static void client_doorbell(struct sparqd *d, struct sd_client *c)
-{
-	struct sd_job *job;
-	uint64_t count, lost;
-	int ret;
-
-	if (read(c->submit_fd, &count, sizeof(count)) < 0 && errno != EAGAIN)
-		return;
-	/* its worker consumes the ring now, and rings again for what it leaves behind */
-	if (!sd_pool_ring_claim(d, c))
-		return;
-	while ((ret = sd_ring_take(d, c, &job, &lost)) != 0) {
-		if (ret == -ENOMEM) {
-			if (sd_pool_client_idle(d, c))
-				sd_ring_answer_enomem(d, c, lost);
-			continue;
-		}
-		if (ret < 0)
-			break;
-		dispatch(d, c, job);
-	}
-	sd_pool_ring_release(d, c);
-	if (ret == -EPROTO) {
-		job = calloc(1, sizeof(*job));
-		sd_log(&d->log, SD_LOG_WARN, "client %" PRIu64 ": submission ring tail is impossible",
-		       c->id);
-		if (!job)
-			return;
-		job->t0 = sd_now_ns();
-		job->req = (struct sd_req){ .ring = true, .err = -EPROTO, .bad_item = -1 };
-		snprintf(job->req.why, sizeof(job->req.why), "submission tail ahead of the ring");
-		dispatch(d, c, job);
-	}
-}
-
 static void free_dead(struct sparqd *d)
 {
 	struct sd_client *c = sd_pool_take_dead(d);
@@ -415,10 +392,9 @@ static void begin_shutdown(struct sparqd *d, int sig)
 	if (d->socket_bound && unlink(d->cfg.socket) == 0)
 		d->socket_bound = false;
 	/* requests already received run; nothing more is read */
-	for (struct sd_client *c = d->clients; c; c = c->next) {
+	for (struct sd_client *c = d->clients; c; c = c->next)
 		unwatch(d, c->sock);
-		unwatch(d, c->submit_fd);
-	}
+	sd_pool_quiesce(d);
 }
 
 int sd_loop_run(struct sparqd *d)
@@ -465,10 +441,6 @@ int sd_loop_run(struct sparqd *d)
 					client_readable(d, w->c, buf);
 				else
 					client_gone(d, w->c, "hung up");
-				break;
-			case SD_WATCH_SUBMIT:
-				if (!w->c->closing)
-					client_doorbell(d, w->c);
 				break;
 			}
 		}

@@ -5,12 +5,12 @@
  * executor (exec.c) pass between them.
  *
  * Threads: the event loop thread owns the listening socket, epoll, the client list
- * and every client's receive side and submission ring. Workers run one client's jobs
- * at a time (c->running under pool.mu), so per-client order holds and a client's
- * completion ring and socket have one writer at a time: the worker running it, or the
- * loop while the client is idle (no job queued or running). While the worker running
- * a client polls its submission ring (c->polling), that worker is the ring's consumer
- * and the loop leaves it alone.
+ * and every client's receive side. Workers wait on the clients' submit doorbells
+ * themselves (workers.h): the worker that takes a doorbell owns that client
+ * (c->running under pool.mu) until it has nothing left, so per-client order holds,
+ * the submission ring has one consumer, and a client's completion ring and socket
+ * have one writer at a time: the owning worker, or the loop (socket only) while the
+ * client is idle (no job queued or running).
  */
 #ifndef SPARQD_SPARQD_H
 #define SPARQD_SPARQD_H
@@ -37,31 +37,29 @@ struct sd_job {
 };
 
 /* What an epoll event is about: epoll_event.data.ptr points at one of these. */
-enum sd_watch_kind { SD_WATCH_LISTEN, SD_WATCH_SIGNAL, SD_WATCH_WAKE, SD_WATCH_SOCK,
-		     SD_WATCH_SUBMIT };
+enum sd_watch_kind { SD_WATCH_LISTEN, SD_WATCH_SIGNAL, SD_WATCH_WAKE, SD_WATCH_SOCK };
 
 struct sd_watch {
 	enum sd_watch_kind kind;
-	struct sd_client *c;     /* SOCK and SUBMIT */
+	struct sd_client *c;     /* SOCK */
 };
 
 struct sd_client {
 	uint64_t id;
-	struct sd_watch w_sock, w_submit;
+	struct sd_watch w_sock;
 	int sock;
 	int submit_fd, complete_fd;   /* -1 before hello */
 	uint32_t uid, pid;
 	char name[SD_NAME_MAX];
 	bool hello_done;
 	struct sparq_shm shm;         /* mapped after hello */
+	struct sd_job *bye;           /* its teardown job, allocated at hello: going never fails */
 	/* under pool.mu */
 	struct sd_job *head, *tail;
-	bool queued, running;
+	bool queued;                  /* its doorbell was rung for queued work, no owner yet */
+	bool running;                 /* a worker owns it */
 	bool closing;                 /* no more jobs will come; teardown is queued */
 	bool dead;                    /* teardown ran: the loop may free it */
-	bool polling;                 /* its worker consumes the submission ring (workers.c) */
-	bool loop_takes;              /* the loop consumes it (a worker must not start) */
-	struct sd_client *next_ready;
 	struct sd_client *next_dead;
 	/* loop thread only */
 	struct sd_client *next;
@@ -69,11 +67,13 @@ struct sd_client {
 
 struct sd_pool {
 	pthread_mutex_t mu;
-	pthread_cond_t cv;            /* workers wait for ready clients */
 	pthread_cond_t idle_cv;       /* shutdown waits for no work left */
-	struct sd_client *ready_head, *ready_tail;
+	int ep_fd;                    /* the clients' submit doorbells (one-shot), kick_fd */
+	int kick_fd;                  /* written once at stop: wakes every worker */
 	struct sd_client *dead;       /* torn down, for the loop to free */
 	unsigned busy;                /* clients queued or running */
+	unsigned idle;                /* workers waiting on ep_fd */
+	bool quiesce;                 /* shutdown: no more ring submissions are taken */
 	bool stop;
 	pthread_t *threads;
 	uint32_t n_threads;

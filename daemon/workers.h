@@ -1,14 +1,19 @@
 /*
- * workers.h — the request workers. Each client has a FIFO of jobs; a client with jobs
- * waits in one ready queue, and a worker takes a whole client, runs its jobs in order
- * (a bounded run, then it queues the client again behind the others), so one client's
- * requests never overtake each other and a slow client holds one worker, not all.
+ * workers.h — the request workers. They wait on the clients' submit doorbells
+ * themselves: every client that said hello has its submit eventfd in the pool's epoll
+ * set, one-shot, and the worker that takes a doorbell owns that client until it has
+ * nothing left: it runs the jobs the loop queued for it (control requests from the
+ * socket, its teardown), then what the submission ring holds, then watches the ring
+ * for --poll-us, then re-arms the doorbell. A ring request thus costs one wake-up in
+ * the daemon (the worker's), not two (the loop's, then a worker's).
  *
- * Polling (--poll-us): a worker that has run a client's last queued job keeps that
- * client and watches its submission ring for up to poll_us, taking and running what
- * arrives there itself: no doorbell, no event loop, no condition variable between the
- * client's next request and a worker. It stops as soon as another client is ready, a
- * job is queued for its client, or the time is up.
+ * Per-client order: one owner at a time (the doorbell is disarmed while owned), queued
+ * jobs before ring submissions (they arrived first). Fairness: an owner gives the
+ * client back after a bounded run, re-ringing its doorbell so that it waits behind
+ * the doorbells already pending; while no other worker is idle, a watching owner
+ * looks for other doorbells and leaves its client for them. So a busy client holds one
+ * worker, not all. The loop rings a client's doorbell itself when it queues a job for
+ * a client nobody owns.
  */
 #ifndef SPARQD_WORKERS_H
 #define SPARQD_WORKERS_H
@@ -18,14 +23,18 @@
 int sd_pool_start(struct sparqd *d);
 /* Waits for every queued job to finish, then joins the workers. */
 void sd_pool_stop(struct sparqd *d);
-/* Queues a job for c (loop thread). */
+/* Puts c's submit doorbell in the workers' set (loop thread, at hello, c idle). */
+int sd_pool_watch(struct sparqd *d, struct sd_client *c);
+/* Takes it out (loop thread: a failed hello, or c dead and about to be freed). */
+void sd_pool_unwatch(struct sparqd *d, struct sd_client *c);
+/* Queues a job for c, which said hello (loop thread). A teardown job marks c closing:
+ * its ring is not read any more. */
 void sd_pool_submit(struct sparqd *d, struct sd_client *c, struct sd_job *job);
-/* Whether c has no job queued or running; stays true until the loop submits (loop thread). */
+/* Whether c has no job queued or running; stays true until the loop submits or c's
+ * doorbell is taken (then only its completion ring is written, never its socket). */
 bool sd_pool_client_idle(struct sparqd *d, struct sd_client *c);
-/* The loop becomes the consumer of c's submission ring until sd_pool_ring_release;
- * false when c's worker polls it (the worker then takes what is there). Loop thread. */
-bool sd_pool_ring_claim(struct sparqd *d, struct sd_client *c);
-void sd_pool_ring_release(struct sparqd *d, struct sd_client *c);
+/* Shutdown: no ring submission is taken from now on; queued jobs still run. */
+void sd_pool_quiesce(struct sparqd *d);
 /* Blocks until no client has work left (loop thread, at shutdown). */
 void sd_pool_drain(struct sparqd *d);
 /* Clients whose teardown ran, for the loop to free (loop thread). */

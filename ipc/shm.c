@@ -285,6 +285,13 @@ void sparq_cq_set_waiting(struct sparq_shm *s, bool waiting)
 		atomic_thread_fence(memory_order_seq_cst);
 }
 
+bool sparq_cq_client_asleep(const struct sparq_shm *s)
+{
+	uint32_t f = atomic_load_explicit(&s->hdr->cq_flags, memory_order_relaxed);
+
+	return (f & SPARQ_CQ_WAKE_ON_FLAG) && (f & SPARQ_CQ_WAITING);
+}
+
 bool sparq_cq_needs_doorbell(struct sparq_shm *s)
 {
 	uint32_t f;

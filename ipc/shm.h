@@ -204,5 +204,8 @@ void sparq_cq_set_waiting(struct sparq_shm *shm, bool waiting);
 /* Daemon, after sparq_cq_push: whether to write the completion eventfd. Fences before
  * reading the flag. */
 bool sparq_cq_needs_doorbell(struct sparq_shm *shm);
+/* Daemon: whether the client says it sleeps on the completion eventfd (a hint: it has
+ * not run since its last completion was rung, so its next request is not due yet). */
+bool sparq_cq_client_asleep(const struct sparq_shm *shm);
 
 #endif

@@ -9,6 +9,7 @@
  * Gathered rows are compared with what was appended, so a round trip that loses or
  * reorders data fails here, not only in the bit-exactness test.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
@@ -111,6 +112,46 @@ static struct sparq_session_opts opts(bool persistent, const char *label)
 		.persistent = persistent,
 		.label = label,
 	};
+}
+
+/*
+ * Waits (up to 2 s) until every thread of pid is stopped. SIGSTOP stops a process's
+ * threads one after another, so a worker can still answer a request just after kill()
+ * returns.
+ */
+static bool wait_all_stopped(pid_t pid)
+{
+	char path[64], line[512];
+
+	for (int tries = 0; tries < 2000; tries++) {
+		bool all = true;
+		struct dirent *e;
+		DIR *dir;
+
+		snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+		dir = opendir(path);
+		if (!dir)
+			return false;
+		while (all && (e = readdir(dir))) {
+			FILE *f;
+			char *state;
+
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/task/%.20s/stat", (int)pid, e->d_name);
+			f = fopen(path, "r");
+			if (!f)
+				continue;  /* the thread is gone */
+			state = fgets(line, sizeof(line), f) ? strrchr(line, ')') : NULL;
+			all = state && (state[2] == 'T' || state[2] == 't');
+			fclose(f);
+		}
+		closedir(dir);
+		if (all)
+			return true;
+		usleep(1000);
+	}
+	return false;
 }
 
 static void test_no_daemon(const char *dir)
@@ -434,6 +475,7 @@ int main(void)
 		unsetenv("SPARQ_CLIENT_TIMEOUT_MS");
 		T_CHECK(ret == 0, "connect: %d", ret);
 		T_CHECK(kill(d.pid, SIGSTOP) == 0, "SIGSTOP");
+		T_CHECK(wait_all_stopped(d.pid), "the daemon's threads did not all stop");
 		uint64_t t0 = t_daemon_now_ms();
 		ret = sparq_ping(ct);
 		uint64_t waited = t_daemon_now_ms() - t0;

@@ -162,6 +162,52 @@ static void test_rings(void)
 	sparq_shm_unmap(&d);
 }
 
+/* The doorbell-suppression words (shm.h), from both sides of one region. */
+static void test_doorbell_flags(void)
+{
+	struct sparq_shm d, c;
+	struct sparq_sqe sqe = { .op = SPARQ_OP_NOP }, got;
+	const char *why = "";
+
+	T_CHECK(sparq_shm_create(1 << 20, 8, &d, &why) == 0, "create");
+	T_CHECK(sparq_shm_map(dup(d.fd), &c, &why) == 0, "map: %s", why);
+
+	/* both words start 0: always ring, both ways */
+	T_CHECK(sparq_sq_needs_doorbell(&c), "a fresh ring skips the submit doorbell");
+	T_CHECK(sparq_cq_needs_doorbell(&d), "a fresh ring skips the completion doorbell");
+	T_CHECK(!sparq_cq_client_asleep(&d), "a client that never said so is asleep");
+
+	/* a daemon thread watching the ring: the client skips the doorbell, and the
+	 * watcher sees what was published */
+	T_CHECK(!sparq_sq_pending(&d), "an empty ring is pending");
+	sparq_sq_set_polling(&d, true);
+	T_CHECK(sparq_sq_push(&c, &sqe) == 0, "push");
+	T_CHECK(!sparq_sq_needs_doorbell(&c), "doorbell rung while the daemon watches");
+	T_CHECK(sparq_sq_pending(&d), "published submission not pending");
+	T_CHECK(sparq_sq_pop(&d, &got) == 1 && !sparq_sq_pending(&d), "pop");
+	sparq_sq_set_polling(&d, false);
+	T_CHECK(sparq_sq_needs_doorbell(&c), "no doorbell after the watcher left");
+
+	/* a client that keeps its word up to date: no eventfd while it spins, one once
+	 * it sleeps; asleep only then */
+	sparq_cq_set_waiting(&c, false);
+	T_CHECK(!sparq_cq_needs_doorbell(&d), "completion doorbell for a spinning client");
+	T_CHECK(!sparq_cq_client_asleep(&d), "a spinning client is asleep");
+	sparq_cq_set_waiting(&c, true);
+	T_CHECK(sparq_cq_needs_doorbell(&d), "no completion doorbell for a sleeping client");
+	T_CHECK(sparq_cq_client_asleep(&d), "a sleeping client is awake");
+	sparq_cq_set_waiting(&c, false);
+	T_CHECK(!sparq_cq_client_asleep(&d), "a client that woke is still asleep");
+
+	/* WAITING without WAKE_ON_FLAG is a word the protocol never writes: the client
+	 * gets its doorbells (as one that knows nothing of the words) and is no sleeper */
+	atomic_store(&c.hdr->cq_flags, SPARQ_CQ_WAITING);
+	T_CHECK(sparq_cq_needs_doorbell(&d), "no doorbell for a client without the protocol");
+	T_CHECK(!sparq_cq_client_asleep(&d), "a forged word makes a sleeper");
+	sparq_shm_unmap(&c);
+	sparq_shm_unmap(&d);
+}
+
 static void test_wire(void)
 {
 	int sv[2], fds[SPARQ_WIRE_MAX_FDS], pass[5];
@@ -255,6 +301,7 @@ int main(void)
 {
 	test_region();
 	test_rings();
+	test_doorbell_flags();
 	test_wire();
 	printf("ipc: region, rings and framing behave\n");
 	return T_EXIT_PASS;
