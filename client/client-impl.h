@@ -21,6 +21,10 @@
 /* Spin on the completion ring this long before sleeping on its eventfd: a decode-step
  * attend of a small context completes within it, and the wake-up costs several µs. */
 #define SPARQ_CLIENT_SPIN_NS 30000u
+/* The adaptive spin (ring.c): up to twice the slowest of the last SPARQ_CLIENT_RECENT
+ * ring requests, when all of them completed within this bound; never longer. */
+#define SPARQ_CLIENT_SPIN_MAX_NS 200000u
+#define SPARQ_CLIENT_RECENT 4u
 /* Data-area allocations are cache-line aligned, so no two tensors share a line. */
 #define SPARQ_CLIENT_ALIGN 64u
 
@@ -45,6 +49,9 @@ struct sparq_client {
 	 * they do, the daemon may still write into the data area, so nothing new goes out */
 	uint32_t stale;
 	bool dead;                  /* the daemon hung up: every call is -EPIPE from now */
+	/* how long the last ring requests took, ns (0: none yet, or one that timed out) */
+	uint64_t recent_ns[SPARQ_CLIENT_RECENT];
+	uint32_t recent_at;
 
 	uint64_t bump;              /* next free byte of the data area (bump allocator) */
 
