@@ -107,12 +107,10 @@ ssize_t sparq_wire_recv(int sock, uint8_t *buf, size_t cap, int *fds, unsigned m
 	if (n < 0)
 		return -errno;
 	bool ok = !(mh.msg_flags & MSG_TRUNC) && !(mh.msg_flags & MSG_CTRUNC);
+	/* a truncated packet keeps none of its descriptors */
 	unsigned got = take_fds(&mh, fds, fds ? max_fds : 0, ok);
-	if (!ok) {
-		for (unsigned i = 0; i < got; i++)
-			close(fds[i]);
+	if (!ok)
 		return -EMSGSIZE;
-	}
 	if (n_fds)
 		*n_fds = got;
 	return n;

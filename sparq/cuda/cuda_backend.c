@@ -187,6 +187,32 @@ static struct cu_region *region_for(struct cu_ctx *cx, struct sparq_store *st)
 	return r->dev ? r : NULL;
 }
 
+/*
+ * The scoring buffers of one item (both kernel generations score alike): the scaled
+ * query components, the group-summed logits and, when the blend needs them, the
+ * per-head logits and softmax statistics. Dense items score nothing.
+ */
+static size_t layout_scoring(struct plan *p, size_t off)
+{
+	if (p->dense)
+		return off;
+	p->o_qc = off;
+	off = al(off + (size_t)p->g * p->r * sizeof(float));
+	p->o_zsum = off;
+	off = al(off + (size_t)p->S * sizeof(float));
+	if (p->per_head) {
+		p->o_z = off;
+		off = al(off + (size_t)p->g * p->S * sizeof(float));
+		p->o_part = off;
+		off = al(off + (size_t)p->n_tiles * p->g * 2 * sizeof(float));
+		p->o_zmax = off;
+		off = al(off + (size_t)p->g * sizeof(float));
+		p->o_zden = off;
+		off = al(off + (size_t)p->g * sizeof(double));
+	}
+	return off;
+}
+
 static void layout_call(struct plan *pl, uint32_t n, struct layout *L)
 {
 	size_t off = 0;
@@ -253,22 +279,7 @@ static void layout_call(struct plan *pl, uint32_t n, struct layout *L)
 			p->o_rows = off;
 			off = al(off + (size_t)p->sel_cap * p->rec_bytes);
 		}
-		if (p->dense)
-			continue;
-		p->o_qc = off;
-		off = al(off + (size_t)p->g * p->r * sizeof(float));
-		p->o_zsum = off;
-		off = al(off + (size_t)p->S * sizeof(float));
-		if (p->per_head) {
-			p->o_z = off;
-			off = al(off + (size_t)p->g * p->S * sizeof(float));
-			p->o_part = off;
-			off = al(off + (size_t)p->n_tiles * p->g * 2 * sizeof(float));
-			p->o_zmax = off;
-			off = al(off + (size_t)p->g * sizeof(float));
-			p->o_zden = off;
-			off = al(off + (size_t)p->g * sizeof(double));
-		}
+		off = layout_scoring(p, off);
 	}
 	L->dev_bytes = off;
 }
@@ -804,22 +815,7 @@ static void layout_call2(struct plan *pl, uint32_t n, bool full, struct layout2 
 			p->o_ex_ml = off;
 			off = al(off + (size_t)p->ex_chunks * p->g * 2 * sizeof(float));
 		}
-		if (p->dense)
-			continue;
-		p->o_qc = off;
-		off = al(off + (size_t)p->g * p->r * sizeof(float));
-		p->o_zsum = off;
-		off = al(off + (size_t)p->S * sizeof(float));
-		if (p->per_head) {
-			p->o_z = off;
-			off = al(off + (size_t)p->g * p->S * sizeof(float));
-			p->o_part = off;
-			off = al(off + (size_t)p->n_tiles * p->g * 2 * sizeof(float));
-			p->o_zmax = off;
-			off = al(off + (size_t)p->g * sizeof(float));
-			p->o_zden = off;
-			off = al(off + (size_t)p->g * sizeof(double));
-		}
+		off = layout_scoring(p, off);
 	}
 	L->dev_bytes = off;
 }
