@@ -9,7 +9,8 @@ libsparq.h is the contract; when it changes, this file changes with it.
 Where libsparq.so comes from, first match wins:
   1. the path given to connect(lib=...);
   2. $SPARQ_LIB;
-  3. a build tree of the checkout this package sits in (<repo>/build*/client/), the newest;
+  3. a build tree of the checkout this package sits in: <repo>/build/client/, else the
+     newest <repo>/build*/client/;
   4. the system's search path (ctypes.util.find_library("sparq")).
 """
 import ctypes
@@ -106,11 +107,13 @@ _loaded = {}
 
 
 def _repo_candidates():
-    """libsparq.so in the build trees of the checkout this file sits in, newest first."""
+    """libsparq.so in the build trees of the checkout this file sits in: build/ (the
+    README's tree) first, then the others newest first."""
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
     found = glob.glob(os.path.join(repo, "build*", "client", "libsparq.so"))
-    return sorted(found, key=os.path.getmtime, reverse=True)
+    main = os.path.join(repo, "build", "client", "libsparq.so")
+    return sorted(found, key=lambda p: (p != main, -os.path.getmtime(p)))
 
 
 def find(path=None):

@@ -9,8 +9,9 @@ waits, then SIGKILLs, reaps, and removes the directory. A daemon that exits befo
 ready raises DaemonError with its log; when the log says the directory refused O_DIRECT
 or io_uring, DaemonError.unsupported is True so a test can skip instead of fail.
 
-Where sparqd comes from: the sparqd= argument, $SPARQD, or the newest build tree of the
-checkout this package sits in (<repo>/build*/daemon/sparqd).
+Where sparqd comes from: the sparqd= argument, $SPARQD, or a build tree of the
+checkout this package sits in (<repo>/build/daemon/sparqd, else the newest
+<repo>/build*/daemon/sparqd).
 """
 import glob
 import os
@@ -36,6 +37,10 @@ def find_sparqd(path=None):
         return os.environ["SPARQD"]
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    # build/ is the README's tree; other trees may be sanitizer or debug builds
+    main = os.path.join(repo, "build", "daemon", "sparqd")
+    if os.access(main, os.X_OK):
+        return main
     found = [p for p in glob.glob(os.path.join(repo, "build*", "daemon", "sparqd"))
              if os.access(p, os.X_OK)]
     if not found:

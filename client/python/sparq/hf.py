@@ -10,9 +10,12 @@ controller. The model keeps its own code path for everything else:
       to the layer's stream in the sparqd session of every mode being run;
   decode (one token): the token's K/V are appended to the active mode's session and the
       attention output comes from sparqd (SparQ with that mode's parameters, or dense).
-The model's own KV cache still grows (transformers owns it); it is what analysis mode
-compares sparqd's answer with: the exact attention over the same f16-rounded K/V, and
-the exact top-k positions against SparQ's selection.
+The engine keeps no K/V of its own: SparqCache (a transformers Cache) only counts the
+positions, so the model's memory stays flat however long the context grows -- sparqd
+holds the whole KV cache. (Passing a DynamicCache instead also works; it then grows
+as usual.) Analysis mode reads the stored records back from sparqd (gather) and
+compares sparqd's answer with exact attention over them, and the exact top-k positions
+with SparQ's selection.
 
 Batch size 1 only (one sequence per session); the eval drives one sequence at a time.
 """
@@ -21,11 +24,12 @@ import math
 
 import numpy as np
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, Cache
+from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .client import Params, SparqError
+from .client import Params, SparqError, from_bits
 
 NAME = "sparq"
 
@@ -33,6 +37,41 @@ NAME = "sparq"
 def _kv_f16(x):
     """[1][n_kv][T][d] torch -> numpy float16 [T][n_kv][d] (the wire layout)."""
     return x[0].transpose(0, 1).to(torch.float16).contiguous().numpy()
+
+
+class SparqLayer(DynamicLayer):
+    """One layer of SparqCache: the number of positions seen, no K/V. update() hands the
+    model back just the states it was given -- a prefill block attends densely over
+    itself, a decode step's attention is answered by sparqd from its own copy."""
+
+    is_croppable = False
+
+    def lazy_initialization(self, key_states, value_states):
+        self.device = key_states.device
+        self.n = 0
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        elif key_states.shape[-2] > 1:
+            raise ValueError("SparqCache: a second prefill block would need the earlier K/V; "
+                             "prefill in one block")
+        self.n += key_states.shape[-2]
+        return key_states, value_states
+
+    def get_seq_length(self):
+        return self.n if self.is_initialized else 0
+
+    def reset(self):
+        self.n = 0
+
+
+class SparqCache(Cache):
+    """The engine's KV cache when sparqd holds the K/V: positions only (see SparqLayer)."""
+
+    def __init__(self, n_layers):
+        super().__init__(layers=[SparqLayer() for _ in range(n_layers)])
 
 
 class LayerStats:
@@ -132,17 +171,28 @@ class SparqAttention:
         y = s.attend(layer, q, params)
         if self.analyze and (self.decode_steps % self.analyze_every == 0
                              or self.trace is not None):
-            self._analyze(layer, s, q, y, key, value, params)
+            self._analyze(layer, s, q, y, params)
         if layer == self.n_layers - 1:
             self.decode_steps += 1
         out = torch.from_numpy(y).to(query.dtype)
         return out.view(1, 1, self.n_q, d), None
 
-    def _analyze(self, layer, s, q, y, key, value, params):
-        """Exact attention over the same f16 K/V; SparQ's selection vs the exact top-k."""
+    def stored_kv(self, s, layer):
+        """The K/V sparqd holds for one layer of session s: float64 [n_kv][S][d] each."""
+        n = s.info().tokens
+        pos = np.arange(n, dtype=np.uint32)
+        ks, vs = [], []
+        for h in range(self.n_kv):
+            k, v = s.gather(layer, h, pos)
+            ks.append(from_bits(k, self.dtype))
+            vs.append(from_bits(v, self.dtype))
+        return (torch.from_numpy(np.stack(ks)).double(),
+                torch.from_numpy(np.stack(vs)).double())
+
+    def _analyze(self, layer, s, q, y, params):
+        """Exact attention over the K/V sparqd stores; SparQ's selection vs the exact top-k."""
         g = self.n_q // self.n_kv
-        K = key[0].to(torch.float16).double()        # [n_kv][S][d]
-        V = value[0].to(torch.float16).double()
+        K, V = self.stored_kv(s, layer)               # [n_kv][S][d]
         qd = torch.from_numpy(q).double().view(self.n_kv, g, -1)
         w = torch.softmax(torch.einsum("hgd,hsd->hgs", qd, K) / math.sqrt(q.shape[-1]), -1)
         y_ex = torch.einsum("hgs,hsd->hgd", w, V).reshape(self.n_q, -1).numpy()
@@ -194,4 +244,4 @@ def copy_cache(cache):
     return copy.deepcopy(cache)
 
 
-__all__ = ["install", "SparqAttention", "copy_cache", "Params", "NAME"]
+__all__ = ["install", "SparqAttention", "SparqCache", "copy_cache", "Params", "NAME"]

@@ -72,6 +72,38 @@ def test_decode_through_sparqd(client, tiny):
         model.set_attn_implementation("sdpa")
 
 
+def test_sparq_cache_keeps_no_kv(client, tiny):
+    """With SparqCache the engine holds positions only: dense decoding through sparqd
+    still reproduces the model's own logits, the engine's cache stays empty, and the
+    analysis reads the K/V back from sparqd (its error against exact attention ~0)."""
+    model, ids, native = tiny
+    ctrl = hf.install(model, client, {"dense": Params(dense=True)})
+    try:
+        ctrl.open("cache")
+        n_pre = 30
+        cache = hf.SparqCache(model.config.num_hidden_layers)
+        logits = []
+        with torch.no_grad():
+            model(torch.tensor([ids[:n_pre]]), cache=cache, use_cache=True)
+            ctrl.start_analysis()
+            for t in range(n_pre, len(ids)):
+                logits.append(model(torch.tensor([[ids[t]]]), cache=cache,
+                                    use_cache=True).logits[0, -1])
+        layers = ctrl.stop_analysis()
+        np.testing.assert_allclose(torch.stack(logits).numpy(), native[n_pre:].numpy(),
+                                   rtol=0, atol=2e-3)
+        assert cache.get_seq_length() == len(ids)
+        assert all(layer.keys is None and layer.values is None for layer in cache.layers)
+        assert all(x["steps"] == len(ids) - n_pre and x["rel_err_mean"] < 1e-3 for x in layers)
+        # a second multi-token block would attend without the earlier K/V: refused
+        with pytest.raises(ValueError, match="prefill in one block"):
+            with torch.no_grad():
+                model(torch.tensor([ids[:4]]), cache=cache, use_cache=True)
+    finally:
+        ctrl.close()
+        model.set_attn_implementation("sdpa")
+
+
 def test_install_refuses_sliding_window(client):
     cfg = transformers.MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
                                      num_hidden_layers=1, num_attention_heads=2,
