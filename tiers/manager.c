@@ -60,6 +60,8 @@ struct sparq_store_stream {
 	struct chunk **chunks;
 	int fid;                /* NVMe file, -1 until needed */
 	bool parked;            /* a manifest entry references its file */
+	uint32_t parked_len;    /* records [0, parked_len) are what that entry describes:
+				   never rewritten nor cut while it stands */
 	struct sparq_store_stream *next_open;
 };
 
@@ -466,6 +468,30 @@ static int ensure_chunks(struct sparq_store_stream *s, uint32_t need)
 	return 0;
 }
 
+/*
+ * Cuts the chunks back to records [0, len): chunks past it hold nothing and give their
+ * RAM back (their NVMe extent stays the stream's, for the records written next). Undoes
+ * what a failed or rolled-back append left behind, so that RAM it took is free again
+ * and a park never writes records past the stream's end.
+ */
+static void trim_locked(struct tier_manager *m, struct sparq_store_stream *s, uint32_t len)
+{
+	for (uint32_t ci = len / s->chunk_records; ci < s->n_chunks; ci++) {
+		struct chunk *c = s->chunks[ci];
+		uint32_t first = ci * s->chunk_records;
+		uint32_t keep = first >= len ? 0 : len - first < c->filled ? len - first : c->filled;
+
+		c->filled = keep;
+		if (c->durable > keep)
+			c->durable = keep;
+		c->dirty = c->filled > c->durable;
+		if (keep == 0) {
+			chunk_release(m, c);
+			c->nvme_hits = 0;
+		}
+	}
+}
+
 static int mgr_write(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint32_t n,
 		     const void *k_rows, const void *v_rows)
 {
@@ -475,9 +501,18 @@ static int mgr_write(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint
 
 	if (pos > s->len)
 		return -EINVAL;
-	if (n == 0)
-		return 0;
 	pthread_mutex_lock(&m->mu);
+	/* the parked copy's records stay as its checksums say (a re-park relies on it) */
+	if (pos < s->parked_len) {
+		ret = -EBUSY;
+		goto out;
+	}
+	/* n = 0 cuts the stream to pos: the store contract's length pos + n */
+	if (n == 0) {
+		trim_locked(m, s, pos);
+		s->len = pos;
+		goto out;
+	}
 	ret = ensure_chunks(s, (uint32_t)(((uint64_t)pos + n + s->chunk_records - 1) /
 					  s->chunk_records));
 	for (uint32_t i = 0; i < n && !ret;) {
@@ -506,6 +541,9 @@ static int mgr_write(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint
 	}
 	if (!ret)
 		s->len = pos + n;
+	else
+		trim_locked(m, s, s->len); /* chunks it filled or took for nothing */
+out:
 	pthread_mutex_unlock(&m->mu);
 	return ret;
 }
@@ -938,6 +976,7 @@ int tier_park(struct tier_manager *m, uint64_t session, const void *meta, uint32
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		streams[i]->parked = true;
+		streams[i]->parked_len = streams[i]->len;
 		streams[i]->session = session;
 		streams[i]->index = i;
 	}
@@ -1043,6 +1082,7 @@ static int stream_from_parked(struct tier_manager *m, const struct parked *p, ui
 		return ret;
 	}
 	s->len = ps->len;
+	s->parked_len = ps->len;
 	s->next_open = m->open;
 	m->open = s;
 	*out = s;
@@ -1128,6 +1168,7 @@ int tier_drop(struct tier_manager *m, uint64_t session)
 				open = s;
 		if (open) {
 			open->parked = false; /* its files go when it is closed */
+			open->parked_len = 0;
 		} else {
 			struct sparq_store_stream tmp = { .record_bytes = p->s[i].record_bytes,
 							  .unit = round_up(p->s[i].record_bytes, m->align),
