@@ -2,7 +2,9 @@
  * stream.c — a stream ties its key slice (backend), its records (store) and the fp32
  * running sum of V together and keeps them in step: an append is validated whole
  * before anything is written, and the length only advances once both the store and
- * the slice hold the new positions, so a failed append leaves nothing behind.
+ * the slice hold the new positions, so a failed append leaves nothing behind. A mark
+ * copies the length and the V sum, so that appends to several streams can be undone
+ * as one (sparqd appends every KV head of a layer or none).
  *
  * v_sum is an fp32 sum with Kahan compensation: a plain fp32 sum of 1M values drifts
  * by ~1e-4 relative, the compensated one stays within a few ulp (SPARQ.md pitfall:
@@ -217,7 +219,9 @@ int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
 	}
 	ret = s->be->ops->slice_write(s->be->ctx, s->slice, s->len, n, k);
 	if (ret) {
-		/* The store now holds positions past len; the next append overwrites them. */
+		/* the store holds the positions past len: cut them (a write of 0 records),
+		 * so that its length, and what a park would write, stays the stream's */
+		s->store->ops->write(s->store->ctx, s->records, s->len, 0, k, v);
 		if (why)
 			*why = "key slice append failed";
 		return ret;
@@ -240,6 +244,40 @@ static void vsum_add(struct sparq_stream *s, const uint16_t *v, uint32_t n)
 			s->v_sum[c] = t;
 		}
 	}
+}
+
+struct sparq_stream_mark {
+	const struct sparq_stream *s;
+	uint32_t len;
+	float v[];       /* [2d]: v_sum then v_comp */
+};
+
+size_t sparq_stream_mark_size(const struct sparq_stream *s)
+{
+	return sizeof(struct sparq_stream_mark) + 2 * (size_t)s->d * sizeof(float);
+}
+
+void sparq_stream_mark(const struct sparq_stream *s, struct sparq_stream_mark *mark)
+{
+	mark->s = s;
+	mark->len = s->len;
+	/* v_comp follows v_sum in the same allocation */
+	memcpy(mark->v, s->v_sum, 2 * (size_t)s->d * sizeof(float));
+}
+
+int sparq_stream_rewind(struct sparq_stream *s, const struct sparq_stream_mark *mark)
+{
+	int ret;
+
+	if (mark->s != s || mark->len > s->len)
+		return -EINVAL;
+	/* the store contract: a write leaves the length at pos + n, so n = 0 cuts it */
+	ret = s->store->ops->write(s->store->ctx, s->records, mark->len, 0, NULL, NULL);
+	if (ret)
+		return ret;
+	s->len = mark->len;
+	memcpy(s->v_sum, mark->v, 2 * (size_t)s->d * sizeof(float));
+	return 0;
 }
 
 uint32_t sparq_stream_len(const struct sparq_stream *s)

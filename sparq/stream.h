@@ -10,6 +10,7 @@
 #ifndef SPARQ_STREAM_H
 #define SPARQ_STREAM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -45,6 +46,23 @@ int sparq_stream_attach(struct sparq_backend *be, struct sparq_store *st,
  */
 int sparq_stream_append(struct sparq_stream *s, uint32_t n, const uint16_t *k,
 			const uint16_t *v, const char **why);
+
+/*
+ * Undoing appends: a mark holds the stream's length and its V running sum bit for bit
+ * (subtracting the rows again in fp32 would not give the sum back exactly). A caller
+ * that appends to several streams as one operation marks each first and rewinds them
+ * all when one fails. A mark takes sparq_stream_mark_size() bytes of the caller's.
+ */
+struct sparq_stream_mark;
+size_t sparq_stream_mark_size(const struct sparq_stream *s);
+void sparq_stream_mark(const struct sparq_stream *s, struct sparq_stream_mark *mark);
+/*
+ * Back to the mark: length, records (the store cuts them) and V sum exactly as they
+ * were; the key slice needs nothing (the next append overwrites past the length).
+ * -EINVAL for a mark of another stream or one longer than the stream; the store's
+ * error (-EBUSY where the records are parked), with nothing changed.
+ */
+int sparq_stream_rewind(struct sparq_stream *s, const struct sparq_stream_mark *mark);
 
 uint32_t sparq_stream_len(const struct sparq_stream *s);
 /* The store stream holding its records (for store-specific queries such as placement). */

@@ -264,6 +264,180 @@ static void test_park_restart(const char *dir)
 	tier_manager_close(m);
 }
 
+/* ---- appends undone: one operation over several streams, all or nothing ---- */
+
+#define RW_HEADS 4u
+#define RW_D 128u
+#define RW_G 2u
+
+struct rw_set {
+	struct sparq_stream *s[RW_HEADS];
+	struct sparq_stream_mark *mark[RW_HEADS];
+};
+
+static void rw_open(struct rw_set *x, struct sparq_backend *be, struct sparq_store *st)
+{
+	const char *why = "";
+
+	for (uint32_t h = 0; h < RW_HEADS; h++) {
+		T_CHECK(sparq_stream_create(be, st, RW_D, SPARQ_DTYPE_F16, &x->s[h], &why) == 0,
+			"stream: %s", why);
+		x->mark[h] = t_alloc(sparq_stream_mark_size(x->s[h]));
+	}
+}
+
+static void rw_close(struct rw_set *x)
+{
+	for (uint32_t h = 0; h < RW_HEADS; h++) {
+		sparq_stream_destroy(x->s[h]);
+		free(x->mark[h]);
+	}
+}
+
+/* Rows of head h, positions [pos, pos+n): K then V, [n][d] each. */
+static void rw_rows(uint32_t h, uint32_t pos, uint32_t n, uint16_t *k, uint16_t *v)
+{
+	for (uint32_t t = 0; t < n; t++) {
+		struct t_rng r = { ((uint64_t)h << 32) ^ (pos + t) ^ 0xabcdull << 40 };
+		for (uint32_t i = 0; i < RW_D; i++) {
+			k[(size_t)t * RW_D + i] = sparq_f32_to_f16((float)t_normal(&r));
+			v[(size_t)t * RW_D + i] = sparq_f32_to_f16((float)(3 * t_normal(&r) + 1));
+		}
+	}
+}
+
+/* What sparqd does for one layer: mark every head, append head by head, rewind them
+ * all when one fails. Returns 0, or the error with the failing head in *at. */
+static int rw_append(struct rw_set *x, uint32_t n, uint32_t *at)
+{
+	uint16_t *k = t_alloc((size_t)n * RW_D * 2), *v = t_alloc((size_t)n * RW_D * 2);
+	const char *why = "";
+	int ret = 0;
+
+	for (uint32_t h = 0; h < RW_HEADS; h++)
+		sparq_stream_mark(x->s[h], x->mark[h]);
+	for (uint32_t h = 0; h < RW_HEADS && !ret; h++) {
+		rw_rows(h, sparq_stream_len(x->s[h]), n, k, v);
+		ret = sparq_stream_append(x->s[h], n, k, v, &why);
+		*at = h;
+	}
+	for (uint32_t h = 0; ret && h < RW_HEADS; h++)
+		T_CHECK(sparq_stream_rewind(x->s[h], x->mark[h]) == 0, "rewind head %u", h);
+	free(k);
+	free(v);
+	return ret;
+}
+
+/* Attention of every head with fixed queries: y is [RW_HEADS][RW_G][RW_D]. */
+static void rw_attend(struct sparq_backend *be, struct rw_set *x, float *y)
+{
+	static float q[RW_HEADS][RW_G * RW_D];
+	struct sparq_attend_item it[RW_HEADS];
+	struct t_rng r = { 4242 };
+
+	for (uint32_t h = 0; h < RW_HEADS; h++) {
+		for (uint32_t i = 0; i < RW_G * RW_D; i++)
+			q[h][i] = (float)(2 * t_normal(&r));
+		it[h] = (struct sparq_attend_item){ .stream = x->s[h], .g = RW_G, .q = q[h],
+						    .y = y + (size_t)h * RW_G * RW_D,
+						    .params = { .ratio = 8, .l = -1 } };
+	}
+	struct sparq_attend_batch b = { .items = it, .n = RW_HEADS };
+	T_CHECK(sparq_backend_attend(be, &b) == 0, "attend: %s", b.why);
+}
+
+/*
+ * A round of appends to 4 streams over the tiers fails at every I/O its demotions
+ * make (injected ENOSPC and EIO); each failure must leave every stream as it was: its
+ * length, its V sum bit for bit (the mean equals that of heap streams that only saw
+ * the successful appends), its attention output, and no records past its end. Then
+ * the round succeeds and both sets still agree; a parked prefix cannot be rewound.
+ */
+static void test_rewind(const char *dir)
+{
+	struct tier_manager *m = t_manager(dir, CHUNK, RW_HEADS, 1ull << 30, NULL, NULL);
+	struct sparq_backend_config bc = { .n_threads = 2 };
+	struct sparq_backend *be = t_backend_or_skip("cpu", &bc);
+	struct sparq_store *heap, *st = tier_manager_store(m);
+	struct tier_nvme *nv = tier_manager_nvme(m);
+	static float y0[RW_HEADS * RW_G * RW_D], y1[RW_HEADS * RW_G * RW_D];
+	static float m0[RW_D], m1[RW_D];
+	struct rw_set tier, ref;
+	uint32_t at = 0, failures = 0, late = 0, per = CHUNK / (RW_D * 4);
+	int ret;
+
+	T_CHECK(sparq_store_heap_create(1024, 0, &heap) == 0, "heap");
+	rw_open(&tier, be, st);
+	rw_open(&ref, be, heap);
+	/* most of a chunk per head: RAM is full, the next round demotes */
+	T_CHECK(rw_append(&tier, per - 28, &at) == 0 && rw_append(&ref, per - 28, &at) == 0,
+		"first round");
+	rw_attend(be, &tier, y0);
+	for (uint32_t after = 0;; after++) {
+		struct tier_nvme_fault f = { .after = after, .count = 1u << 20,
+					     .err = after % 2 ? -EIO : -ENOSPC, .writes = true };
+		tier_nvme_inject(nv, &f);
+		ret = rw_append(&tier, 100, &at);
+		f = (struct tier_nvme_fault){ 0 };
+		tier_nvme_inject(nv, &f);
+		if (ret == 0)
+			break;
+		T_CHECK(ret == -ENOSPC || ret == -EIO, "round fails with %d", ret);
+		failures++;
+		late += at > 0;
+		for (uint32_t h = 0; h < RW_HEADS; h++) {
+			uint64_t ram, nvme;
+			uint32_t end = per - 28;
+
+			T_CHECK(sparq_stream_len(tier.s[h]) == end, "after %u: head %u length %u", after,
+				h, sparq_stream_len(tier.s[h]));
+			T_CHECK(sparq_stream_vmean(tier.s[h], m0) == 0 &&
+					sparq_stream_vmean(ref.s[h], m1) == 0 && !memcmp(m0, m1, sizeof(m0)),
+				"after %u: head %u V sum not restored bit for bit", after, h);
+			tier_stream_placement(sparq_stream_records(tier.s[h]), &ram, &nvme);
+			T_CHECK(ram + nvme == end, "after %u: head %u keeps %" PRIu64 " records", after,
+				h, ram + nvme);
+			uint8_t rec[RW_D * 4];
+			uint32_t last = end - 1;
+			T_CHECK(sparq_stream_gather(tier.s[h], &end, 1, rec) == -ERANGE &&
+					sparq_stream_gather(tier.s[h], &last, 1, rec) == 0,
+				"after %u: head %u records end at %u", after, h, end);
+		}
+		rw_attend(be, &tier, y1);
+		T_CHECK(!memcmp(y0, y1, sizeof(y0)), "after %u: attention changed", after);
+	}
+	T_CHECK(late > 0, "no failure after the first head (%u failures): nothing rewound",
+		failures);
+	T_CHECK(rw_append(&ref, 100, &at) == 0, "reference round");
+	rw_attend(be, &tier, y0);
+	rw_attend(be, &ref, y1);
+	T_CHECK(!memcmp(y0, y1, sizeof(y0)), "after the retry the streams differ from the reference");
+	for (uint32_t h = 0; h < RW_HEADS; h++)
+		T_CHECK(sparq_stream_vmean(tier.s[h], m0) == 0 &&
+				sparq_stream_vmean(ref.s[h], m1) == 0 && !memcmp(m0, m1, sizeof(m0)),
+			"head %u: V sum differs from the reference after the retry", h);
+	printf("rewind: %u failed rounds (%u after the first head), every stream restored bit for "
+	       "bit\n", failures, late);
+
+	/* misuse: a mark of another stream; a rewind into the parked prefix */
+	T_CHECK(sparq_stream_rewind(tier.s[1], tier.mark[0]) == -EINVAL, "foreign mark");
+	struct sparq_store_stream *recs[RW_HEADS];
+	for (uint32_t h = 0; h < RW_HEADS; h++)
+		recs[h] = sparq_stream_records(tier.s[h]);
+	T_CHECK(tier_park(m, 77, "x", 1, recs, RW_HEADS) == 0, "park");
+	T_CHECK(sparq_stream_rewind(tier.s[0], tier.mark[0]) == -EBUSY &&
+			sparq_stream_len(tier.s[0]) == per + 72,
+		"a rewind into the parked records must be refused");
+	uint16_t kr[RW_D] = { 0 }, vr[RW_D] = { 0 };
+	T_CHECK(st->ops->write(st->ctx, recs[0], 5, 1, kr, vr) == -EBUSY, "rewrite of a parked record");
+	T_CHECK(tier_drop(m, 77) == 0, "drop");
+	rw_close(&tier);
+	rw_close(&ref);
+	sparq_store_destroy(heap);
+	sparq_backend_close(be);
+	tier_manager_close(m);
+}
+
 static void test_config(const char *dir)
 {
 	struct tier_manager_config cfg;
@@ -292,6 +466,7 @@ int main(void)
 	test_pressure(dir, 320);   /* d=80: padded to the next aligned unit */
 	test_full_nvme(dir);
 	test_faults(dir);
+	test_rewind(dir);
 	t_rmdir(dir);
 	free(dir);
 	/* a fresh directory: the test knows which stream file to corrupt by its uid */
