@@ -47,7 +47,8 @@ static int exec_append(struct sparqd *d, struct sd_client *c, const struct sd_re
 	struct sd_session *s = sd_session_get(&d->sessions, c->uid, r->session);
 	uint32_t kv, hd, n = r->n;
 	uint16_t *k = NULL, *v = NULL;
-	size_t per_head;
+	uint8_t *marks = NULL;
+	size_t per_head, mark_bytes;
 	int ret;
 
 	res->why = "no such session";
@@ -56,11 +57,14 @@ static int exec_append(struct sparqd *d, struct sd_client *c, const struct sd_re
 	kv = s->geo.n_kv_heads;
 	hd = s->geo.head_dim;
 	per_head = (size_t)n * hd;
+	/* every stream of a layer has the same head dimension, hence the same mark size */
+	mark_bytes = sparq_stream_mark_size(sd_session_stream(s, r->layer, 0));
 	k = malloc(per_head * kv * sizeof(*k));
 	v = malloc(per_head * kv * sizeof(*v));
+	marks = malloc(mark_bytes * kv);
 	ret = -ENOMEM;
 	res->why = "out of memory";
-	if (!k || !v)
+	if (!k || !v || !marks)
 		goto out;
 	/* [n][kv][hd] in the region → [kv][n][hd] here: one contiguous run per stream */
 	for (uint32_t t = 0; t < n; t++) {
@@ -86,18 +90,32 @@ static int exec_append(struct sparqd *d, struct sd_client *c, const struct sd_re
 			ret = -EOVERFLOW;
 		}
 	}
+	/* all heads or none: each stream is marked first and rewound when a later head
+	 * fails (RAM and NVMe tiers full, an NVMe error), so a failed request changes nothing */
+	for (uint32_t h = 0; h < kv && !ret; h++)
+		sparq_stream_mark(sd_session_stream(s, r->layer, h),
+				  (struct sparq_stream_mark *)(marks + h * mark_bytes));
 	for (uint32_t h = 0; h < kv && !ret; h++) {
 		ret = sparq_stream_append(sd_session_stream(s, r->layer, h), n, k + h * per_head,
 					  v + h * per_head, &res->why);
+		for (uint32_t j = 0; ret && j < h; j++) {
+			int err = sparq_stream_rewind(sd_session_stream(s, r->layer, j),
+						      (struct sparq_stream_mark *)(marks + j * mark_bytes));
+			if (err)
+				sd_log(&d->log, SD_LOG_ERROR, "session %" PRIu64 " layer %u: KV head %u "
+				       "keeps the tokens of a failed append: %s", s->id, r->layer, j,
+				       strerror(-err));
+		}
 		if (ret && h)
-			sd_log(&d->log, SD_LOG_ERROR, "session %" PRIu64 " layer %u: append failed at "
-			       "KV head %u of %u (%s); the heads before it hold the new tokens",
-			       s->id, r->layer, h, kv, res->why);
+			sd_log(&d->log, SD_LOG_WARN, "session %" PRIu64 " layer %u: append failed at "
+			       "KV head %u of %u (%s); the heads before it were rewound", s->id,
+			       r->layer, h, kv, res->why);
 	}
 	pthread_mutex_unlock(&s->mu);
 out:
 	free(k);
 	free(v);
+	free(marks);
 	sd_session_put(&d->sessions, s);
 	return ret;
 }
