@@ -700,6 +700,36 @@ static int write_file_durable(struct tier_manager *m, const char *name, const vo
 	return ret;
 }
 
+/* A test's crash point (manager.h): the data directory has just changed. */
+static void step(struct tier_manager *m, const char *what)
+{
+	if (m->cfg.park_step)
+		m->cfg.park_step(m->cfg.step_user, what);
+}
+
+/*
+ * Replaces name as a whole: "<name>.tmp" written and fsynced, then renamed over it, so
+ * that a crash leaves the old file or the new one, never a mix. The caller syncs the
+ * directory to make the rename itself durable.
+ */
+static int replace_file_durable(struct tier_manager *m, const char *name, const void *buf,
+				size_t len, const char *what)
+{
+	char tmp[128], tpath[4200], fpath[4200];
+	int ret;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+	ret = write_file_durable(m, tmp, buf, len);
+	if (ret)
+		return ret;
+	step(m, what);
+	snprintf(tpath, sizeof(tpath), "%s/%s", m->dir, tmp);
+	snprintf(fpath, sizeof(fpath), "%s/%s", m->dir, name);
+	if (rename(tpath, fpath))
+		return -errno;
+	return 0;
+}
+
 static int read_file(struct tier_manager *m, const char *name, uint8_t **buf, size_t *len,
 		     size_t max)
 {
@@ -768,12 +798,16 @@ static int write_crc_file(struct tier_manager *m, struct sparq_store_stream *s)
 	h->table_crc = tier_crc32c(0, tab, (size_t)s->len * 4);
 	h->header_crc = tier_crc32c(0, h, offsetof(struct crc_header, header_crc));
 	file_name(name, sizeof(name), s->uid, "crc");
-	ret = write_file_durable(m, name, buf, bytes);
+	ret = replace_file_durable(m, name, buf, bytes, "checksums written");
 	free(buf);
 	return ret;
 }
 
-/* Loads and checks "<uid>.crc"; *tab gets len checksums. */
+/*
+ * Loads and checks "<uid>.crc"; *tab gets the first len checksums. The file may hold
+ * more: a re-park of the grown stream replaced it before its new manifest entry was
+ * published, and the records the old entry describes are the same (never rewritten).
+ */
 static int read_crc_file(struct tier_manager *m, uint64_t uid, uint32_t len, uint32_t rb,
 			 uint32_t **tab)
 {
@@ -783,16 +817,18 @@ static int read_crc_file(struct tier_manager *m, uint64_t uid, uint32_t len, uin
 	int ret;
 
 	file_name(name, sizeof(name), uid, "crc");
-	ret = read_file(m, name, &buf, &bytes, sizeof(struct crc_header) + (size_t)len * 4);
+	ret = read_file(m, name, &buf, &bytes,
+			sizeof(struct crc_header) + (size_t)SPARQ_POS_MAX * 4);
 	if (ret)
 		return ret;
 	struct crc_header h;
-	if (bytes != sizeof(h) + (size_t)len * 4)
+	if (bytes < sizeof(h))
 		goto bad;
 	memcpy(&h, buf, sizeof(h));
-	if (memcmp(h.magic, CRC_MAGIC, 8) || h.uid != uid || h.len != len || h.record_bytes != rb ||
+	if (memcmp(h.magic, CRC_MAGIC, 8) || h.uid != uid || h.len < len || h.record_bytes != rb ||
+	    bytes != sizeof(h) + (size_t)h.len * 4 ||
 	    h.header_crc != tier_crc32c(0, &h, offsetof(struct crc_header, header_crc)) ||
-	    h.table_crc != tier_crc32c(0, buf + sizeof(h), (size_t)len * 4))
+	    h.table_crc != tier_crc32c(0, buf + sizeof(h), (size_t)h.len * 4))
 		goto bad;
 	*tab = malloc((size_t)len * 4 + 4);
 	if (!*tab) {
@@ -815,9 +851,9 @@ struct man_header {
 	uint32_t meta_len, pad;
 };
 
-static void man_name(char *buf, size_t len, uint64_t session, bool tmp)
+static void man_name(char *buf, size_t len, uint64_t session)
 {
-	snprintf(buf, len, "session-%016" PRIx64 ".man%s", session, tmp ? ".tmp" : "");
+	snprintf(buf, len, "session-%016" PRIx64 ".man", session);
 }
 
 static int publish_manifest(struct tier_manager *m, const struct parked *p)
@@ -827,7 +863,7 @@ static int publish_manifest(struct tier_manager *m, const struct parked *p)
 	uint8_t *buf = calloc(1, bytes);
 	struct man_header h = { .version = MAN_VERSION, .n_streams = p->n,
 				.session = p->session, .meta_len = p->meta_len };
-	char tmp[128], fin[128], tpath[4200], fpath[4200];
+	char name[128];
 	int ret;
 
 	if (!buf)
@@ -838,17 +874,14 @@ static int publish_manifest(struct tier_manager *m, const struct parked *p)
 	memcpy(buf + bytes - 4 - p->meta_len, p->meta, p->meta_len);
 	uint32_t crc = tier_crc32c(0, buf, bytes - 4);
 	memcpy(buf + bytes - 4, &crc, 4);
-	man_name(tmp, sizeof(tmp), p->session, true);
-	man_name(fin, sizeof(fin), p->session, false);
-	/* temp, fsync, rename, fsync dir: the entry exists whole or not at all */
-	ret = write_file_durable(m, tmp, buf, bytes);
+	man_name(name, sizeof(name), p->session);
+	/* temp, fsync, rename, fsync dir: the entry exists whole or not at all, and a
+	 * re-park's entry replaces the old one in the rename */
+	ret = replace_file_durable(m, name, buf, bytes, "manifest entry written");
 	free(buf);
 	if (ret)
 		return ret;
-	snprintf(tpath, sizeof(tpath), "%s/%s", m->dir, tmp);
-	snprintf(fpath, sizeof(fpath), "%s/%s", m->dir, fin);
-	if (rename(tpath, fpath))
-		return -errno;
+	step(m, "manifest entry renamed");
 	return tier_nvme_sync_dir(m->nvme);
 }
 
@@ -923,19 +956,56 @@ static struct parked *find_parked(struct tier_manager *m, uint64_t session)
 	return NULL;
 }
 
-int tier_park(struct tier_manager *m, uint64_t session, const void *meta, uint32_t meta_len,
-	      struct sparq_store_stream *const *streams, uint32_t n)
+/*
+ * Releases the streams of entry p that keep[0..n) does not hold on to: an open one
+ * loses its parked mark (its files go when it is closed), the files of a closed one go
+ * now. The entry itself is already unpublished (dropped, or replaced by a re-park).
+ */
+static void release_entry_locked(struct tier_manager *m, const struct parked *p,
+				 struct sparq_store_stream *const *keep, uint32_t n)
+{
+	for (uint32_t i = 0; i < p->n; i++) {
+		struct sparq_store_stream *open = NULL;
+		bool kept = false;
+
+		for (uint32_t j = 0; j < n; j++)
+			kept |= keep[j]->uid == p->s[i].uid;
+		if (kept)
+			continue;
+		for (struct sparq_store_stream *s = m->open; s; s = s->next_open)
+			if (s->uid == p->s[i].uid)
+				open = s;
+		if (open) {
+			open->parked = false; /* its files go when it is closed */
+			open->parked_len = 0;
+		} else {
+			struct sparq_store_stream tmp = { .record_bytes = p->s[i].record_bytes,
+							  .unit = round_up(p->s[i].record_bytes, m->align),
+							  .chunk_records = m->cfg.chunk_bytes /
+									   p->s[i].record_bytes };
+			uint64_t chunks = tmp.chunk_records ?
+				(p->s[i].len + tmp.chunk_records - 1) / tmp.chunk_records : 0;
+			m->st.nvme_used -= chunks * chunk_extent(&tmp);
+			m->st.nvme_chunks -= chunks;
+			unlink_stream_files(m, p->s[i].uid);
+		}
+	}
+}
+
+/*
+ * tier_park and tier_repark: records, then checksums, then the manifest entry, each
+ * durable before the next. With old set (a re-park) the new entry replaces old in one
+ * rename. Until then old stays valid: its records are never rewritten (parked_len),
+ * the new records lie past them in the same files, and its checksum files are replaced
+ * whole by ones that start with its checksums.
+ */
+static int park_locked(struct tier_manager *m, uint64_t session, const void *meta,
+		       uint32_t meta_len, struct sparq_store_stream *const *streams, uint32_t n,
+		       struct parked *old)
 {
 	struct parked *p = NULL;
 	int ret = 0;
 
-	if (n == 0 || n > STREAMS_MAX || meta_len > META_MAX || (meta_len && !meta))
-		return -EINVAL;
-	pthread_mutex_lock(&m->mu);
-	if (find_parked(m, session)) {
-		ret = -EEXIST;
-		goto out;
-	}
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->s = calloc(n, sizeof(*p->s))) || !(p->meta = malloc(meta_len + 1))) {
 		ret = -ENOMEM;
@@ -946,47 +1016,102 @@ int tier_park(struct tier_manager *m, uint64_t session, const void *meta, uint32
 	p->meta_len = meta_len;
 	if (meta_len)
 		memcpy(p->meta, meta, meta_len);
+	for (uint32_t i = 0; i < n; i++) {
+		struct sparq_store_stream *s = streams[i];
+		if (!s || s->m != m || s->len == 0)
+			ret = -EINVAL;
+		/* another session's parked records are not this one's to publish */
+		else if (s->parked && s->session != session)
+			ret = -EINVAL;
+		if (ret)
+			goto out;
+	}
 	/* data first, each file synced once, then its checksums */
 	for (uint32_t i = 0; i < n && !ret; i++) {
 		struct sparq_store_stream *s = streams[i];
-		if (!s || s->m != m || s->len == 0) {
-			ret = -EINVAL;
-			break;
-		}
+
 		for (uint32_t ci = 0; ci < s->n_chunks && !ret; ci++)
-			if (s->chunks[ci]->dirty)
+			if (s->chunks[ci]->dirty) {
 				ret = chunk_write(m, s->chunks[ci]);
+				if (!ret)
+					step(m, "records written");
+			}
 		if (!ret)
 			ret = stream_file(m, s, true);
 		if (!ret)
 			ret = tier_nvme_file_sync(m->nvme, s->fid);
 		if (!ret)
 			ret = write_crc_file(m, s);
+		if (!ret)
+			step(m, "checksums renamed");
 		p->s[i] = (struct parked_stream){ .uid = s->uid, .len = s->len,
 						  .record_bytes = s->record_bytes };
 	}
 	if (!ret)
 		ret = tier_nvme_sync_dir(m->nvme);
-	if (!ret)
+	if (!ret) {
+		step(m, "checksums durable");
 		ret = publish_manifest(m, p);
-	if (ret) {
-		mlog(m, TIER_LOG_ERROR, "parking session %" PRIu64 " failed: %s", session,
-		     strerror(-ret));
-		goto out;
 	}
+	if (ret)
+		goto out;
+	step(m, "manifest entry durable");
 	for (uint32_t i = 0; i < n; i++) {
 		streams[i]->parked = true;
 		streams[i]->parked_len = streams[i]->len;
 		streams[i]->session = session;
 		streams[i]->index = i;
 	}
-	p->next = m->parked;
-	m->parked = p;
-	p = NULL;
+	if (old) {
+		/* swap the entry in place, then free what only the old one referenced */
+		struct parked tmp = *old;
+		*old = *p;
+		old->next = tmp.next;
+		*p = tmp;
+		p->next = NULL;
+		release_entry_locked(m, p, streams, n);
+		if (tier_nvme_sync_dir(m->nvme) == 0)
+			step(m, "old records released");
+	} else {
+		p->next = m->parked;
+		m->parked = p;
+		p = NULL;
+	}
 	m->st.parks++;
 out:
-	pthread_mutex_unlock(&m->mu);
+	if (ret)
+		mlog(m, TIER_LOG_ERROR, "%sparking session %" PRIu64 " failed: %s", old ? "re-" : "",
+		     session, strerror(-ret));
 	parked_free(p);
+	return ret;
+}
+
+int tier_park(struct tier_manager *m, uint64_t session, const void *meta, uint32_t meta_len,
+	      struct sparq_store_stream *const *streams, uint32_t n)
+{
+	int ret;
+
+	if (n == 0 || n > STREAMS_MAX || meta_len > META_MAX || (meta_len && !meta))
+		return -EINVAL;
+	pthread_mutex_lock(&m->mu);
+	ret = find_parked(m, session) ? -EEXIST :
+	      park_locked(m, session, meta, meta_len, streams, n, NULL);
+	pthread_mutex_unlock(&m->mu);
+	return ret;
+}
+
+int tier_repark(struct tier_manager *m, uint64_t session, const void *meta, uint32_t meta_len,
+		struct sparq_store_stream *const *streams, uint32_t n)
+{
+	struct parked *old;
+	int ret;
+
+	if (n == 0 || n > STREAMS_MAX || meta_len > META_MAX || (meta_len && !meta))
+		return -EINVAL;
+	pthread_mutex_lock(&m->mu);
+	old = find_parked(m, session);
+	ret = old ? park_locked(m, session, meta, meta_len, streams, n, old) : -ENOENT;
+	pthread_mutex_unlock(&m->mu);
 	return ret;
 }
 
@@ -1152,7 +1277,7 @@ int tier_drop(struct tier_manager *m, uint64_t session)
 		pthread_mutex_unlock(&m->mu);
 		return -ENOENT;
 	}
-	man_name(name, sizeof(name), session, false);
+	man_name(name, sizeof(name), session);
 	ret = tier_nvme_unlink(m->nvme, name);
 	if (!ret)
 		ret = tier_nvme_sync_dir(m->nvme);
@@ -1161,26 +1286,7 @@ int tier_drop(struct tier_manager *m, uint64_t session)
 		return ret;
 	}
 	*pp = p->next;
-	for (uint32_t i = 0; i < p->n; i++) {
-		struct sparq_store_stream *open = NULL;
-		for (struct sparq_store_stream *s = m->open; s; s = s->next_open)
-			if (s->uid == p->s[i].uid)
-				open = s;
-		if (open) {
-			open->parked = false; /* its files go when it is closed */
-			open->parked_len = 0;
-		} else {
-			struct sparq_store_stream tmp = { .record_bytes = p->s[i].record_bytes,
-							  .unit = round_up(p->s[i].record_bytes, m->align),
-							  .chunk_records = m->cfg.chunk_bytes /
-									   p->s[i].record_bytes };
-			uint64_t chunks = tmp.chunk_records ?
-				(p->s[i].len + tmp.chunk_records - 1) / tmp.chunk_records : 0;
-			m->st.nvme_used -= chunks * chunk_extent(&tmp);
-			m->st.nvme_chunks -= chunks;
-			unlink_stream_files(m, p->s[i].uid);
-		}
-	}
+	release_entry_locked(m, p, NULL, 0);
 	parked_free(p);
 	pthread_mutex_unlock(&m->mu);
 	return 0;

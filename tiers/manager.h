@@ -11,6 +11,8 @@
  *   them durable, then publishes a manifest entry atomically (temp file, fsync,
  *   rename, fsync of the directory). Parked sessions survive restarts and kill -9: on
  *   open the manifest is replayed, half-written entries are discarded with a log line.
+ *   Re-parking a grown session replaces its entry in that same rename: a crash leaves
+ *   the old copy or the new one, never neither.
  *
  * Thread-safety: every call takes the manager's lock; streams may be used from any
  * thread. The store has no in-place address op: a chunk may be demoted at any moment,
@@ -43,6 +45,10 @@ struct tier_manager_config {
 	/* where log lines go (may be NULL: silent) */
 	void (*log)(void *user, enum tier_log_level level, const char *msg);
 	void *log_user;
+	/* Test hook (NULL outside crash tests): called after each step of a park that
+	 * changes the data directory, naming it, so a test can kill the process there. */
+	void (*park_step)(void *user, const char *step);
+	void *step_user;
 };
 
 /* Fills cfg with defaults: local node, 1 GiB RAM, ./sparqd-data, 16 GiB NVMe, queue
@@ -70,11 +76,24 @@ void tier_stream_label(struct sparq_store_stream *s, uint64_t session, uint32_t 
  * Parks session: makes every record of streams[0..n) durable on NVMe with its
  * checksum, then publishes {session, meta, the streams' lengths} in the manifest.
  * Returns only after the entry is durable. The streams stay open and usable; their
- * RAM chunks become clean and are the first to go under pressure. -EEXIST when session
- * is already parked (drop it first), -ENOSPC, -EIO, -EINVAL.
+ * RAM chunks become clean and are the first to go under pressure. The records a
+ * manifest entry describes cannot be rewritten or cut while it stands (-EBUSY from the
+ * store's write). -EEXIST when session is already parked (tier_repark replaces it),
+ * -ENOSPC, -EIO, -EINVAL (also for a stream parked by another session).
  */
 int tier_park(struct tier_manager *m, uint64_t session, const void *meta, uint32_t meta_len,
 	      struct sparq_store_stream *const *streams, uint32_t n);
+
+/*
+ * Parks session again as streams[0..n) stand now (typically the streams it was
+ * resumed into, grown since): the new entry replaces the old one in a single rename,
+ * so that a crash at any moment leaves a restart with the old entry or the new one,
+ * whole and with checksums that verify. Files only the old entry referenced are freed
+ * after the switch. -ENOENT when session is not parked; otherwise as tier_park, and on
+ * failure the old entry stands.
+ */
+int tier_repark(struct tier_manager *m, uint64_t session, const void *meta, uint32_t meta_len,
+		struct sparq_store_stream *const *streams, uint32_t n);
 
 struct tier_parked_info {
 	uint64_t session;
