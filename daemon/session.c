@@ -3,9 +3,9 @@
  *
  * Park protocol: the session lock freezes the streams, their lengths go into the meta
  * blob, tier_park makes records then the manifest entry durable. A session parked
- * earlier and grown since is re-parked at shutdown or departure by dropping the old
- * entry and parking again (the manager keeps one entry per session); between the two
- * steps only the new records' durability is at stake, the open streams still hold all.
+ * earlier and grown since is re-parked at shutdown or departure by tier_repark, which
+ * replaces the old entry atomically (the manager keeps one entry per session): a crash
+ * at any point leaves the old parked copy or the new one, never neither.
  *
  * Resume: the meta is read first (owner check, geometry, lengths), then tier_resume
  * opens the record streams and sparq_stream_attach rebuilds key slices and V sums.
@@ -313,8 +313,10 @@ int sd_session_create(struct sd_sessions *t, const struct sd_req *r, uint32_t ui
 	return 0;
 }
 
-/* Session lock held. Parks the session as it stands now. */
-static int park_locked(struct sd_sessions *t, struct sd_session *s, const char **why)
+/* Session lock held. Parks the session as it stands now; with replace, in place of
+ * its parked copy (tier_repark: the old copy stands until the new one is whole). */
+static int park_locked(struct sd_sessions *t, struct sd_session *s, bool replace,
+		       const char **why)
 {
 	struct sd_meta m = { .geo = s->geo, .defaults = s->defaults, .owner_uid = s->owner_uid,
 			     .owner_pid = s->owner_pid, .n_streams = n_streams(s) };
@@ -339,7 +341,9 @@ static int park_locked(struct sd_sessions *t, struct sd_session *s, const char *
 		}
 	}
 	sd_meta_encode(&m, blob);
-	ret = tier_park(t->tm, s->id, blob, sd_meta_size(m.n_streams), recs, m.n_streams);
+	ret = replace ? tier_repark(t->tm, s->id, blob, sd_meta_size(m.n_streams), recs,
+				    m.n_streams) :
+			tier_park(t->tm, s->id, blob, sd_meta_size(m.n_streams), recs, m.n_streams);
 	if (ret) {
 		*why = ret == -EEXIST ? "session is already parked" :
 		       ret == -ENOSPC ? "NVMe tier is full" : "parking failed";
@@ -358,19 +362,9 @@ out:
 /* Session lock held: parks it, or re-parks it when it grew since its last park. */
 static int park_current_locked(struct sd_sessions *t, struct sd_session *s, const char **why)
 {
-	int ret;
-
-	if (s->parked) {
-		if (s->parked_tokens == session_tokens(s))
-			return 0;
-		ret = tier_drop(t->tm, s->id);
-		if (ret && ret != -ENOENT) {
-			*why = "cannot replace the old parked copy";
-			return ret;
-		}
-		s->parked = false;
-	}
-	return park_locked(t, s, why);
+	if (s->parked && s->parked_tokens == session_tokens(s))
+		return 0;
+	return park_locked(t, s, s->parked, why);
 }
 
 int sd_session_park(struct sd_sessions *t, uint32_t uid, uint64_t id, const char **why)
@@ -388,7 +382,7 @@ int sd_session_park(struct sd_sessions *t, uint32_t uid, uint64_t id, const char
 		*why = "session is already parked (drop it first)";
 		ret = -EEXIST;
 	} else {
-		ret = park_locked(t, s, why);
+		ret = park_locked(t, s, false, why);
 	}
 	pthread_mutex_unlock(&s->mu);
 	sd_session_put(t, s);

@@ -8,8 +8,12 @@
  *    bit for bit and the same rows as before the restart;
  *  - a resumed session that grows is parked again when its client disconnects, and
  *    resumes (into RAM this time) with the new token;
+ *  - grown once more, it is re-parked at SIGTERM in place of its parked copy (one
+ *    manifest entry, nothing discarded at the restart) and resumes with the same
+ *    attention output bit for bit;
  *  - close drops the parked copy; new ids never reuse a parked one.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <string.h>
@@ -68,6 +72,22 @@ static void check_rows(struct sparq_client *c, uint64_t id, uint32_t n)
 		}
 	free(pos);
 	free(out);
+}
+
+/* Entries of dir whose name ends with suffix. */
+static unsigned count_names(const char *dir, const char *suffix)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	unsigned n = 0;
+
+	T_CHECK(d, "opendir %s: %s", dir, strerror(errno));
+	while ((de = readdir(d))) {
+		size_t a = strlen(de->d_name), b = strlen(suffix);
+		n += a > b && strcmp(de->d_name + a - b, suffix) == 0;
+	}
+	closedir(d);
+	return n;
 }
 
 static void attend(struct sparq_client *c, uint64_t id, float *y, float *alpha)
@@ -184,6 +204,29 @@ int main(void)
 	T_CHECK(!t_session_find(list, n < 16 ? n : 16, fresh), "a plain session outlived its client");
 	T_CHECK_OK(c, sparq_session_resume(c, keep, true));
 	check_rows(c, keep, S0 + 1);
+
+	/* grow again, SIGTERM: re-parked over the old copy; after a restart, identical */
+	for (uint32_t l = 0; l < L; l++)
+		append(c, keep, l, S0 + 1, 1);
+	attend(c, keep, y0, a0);
+	T_CHECK(t_daemon_stop(&d) == 0, "SIGTERM after the growth did not end in exit 0");
+	sparq_disconnect(c);
+	snprintf(what, sizeof(what), "shutdown: session %llu parked (%u records)",
+		 (unsigned long long)keep, L * HKV * (S0 + 2));
+	T_CHECK(t_daemon_log_count(&d, what), "log lacks '%s'", what);
+	T_CHECK(count_names(d.data_dir, ".man") == 1,
+		"one manifest entry for the re-parked session, found %u",
+		count_names(d.data_dir, ".man"));
+	unsigned discarded = t_daemon_log_count(&d, "discarding");
+	t_daemon_start(&d, d.dir, NULL);
+	T_CHECK_OK(NULL, sparq_connect(d.socket, "persist", 0, &c));
+	T_CHECK(t_daemon_log_count(&d, "discarding") == discarded,
+		"the restart discarded a manifest entry");
+	T_CHECK_OK(c, sparq_session_resume(c, keep, false));
+	attend(c, keep, y1, a1);
+	T_CHECK(memcmp(y0, y1, sizeof(y0)) == 0 && memcmp(a0, a1, sizeof(a0)) == 0,
+		"attention after the re-park and restart differs from before");
+	check_rows(c, keep, S0 + 2);
 
 	/* close drops the parked copy too */
 	T_CHECK_OK(c, sparq_session_close(c, keep));
