@@ -32,6 +32,8 @@ struct sparq_backend_ops {
 	/* The batch was validated by the wrapper: geometry, q finite, params resolvable. */
 	int (*attend)(void *ctx, struct sparq_attend_batch *batch);
 	void (*destroy)(void *ctx);
+	/* Optional (NULL: nothing to report): sparq_backend_health. */
+	void (*health)(void *ctx, struct sparq_backend_health *out);
 };
 
 struct sparq_backend {

@@ -55,6 +55,13 @@ const char *sparq_backend_name(const struct sparq_backend *be)
 	return be->ops->name;
 }
 
+void sparq_backend_health(struct sparq_backend *be, struct sparq_backend_health *out)
+{
+	*out = (struct sparq_backend_health){ 0 };
+	if (be && be->ops->health)
+		be->ops->health(be->ctx, out);
+}
+
 static uint32_t visible_count(const uint64_t *exclude, uint32_t S)
 {
 	uint32_t masked = 0, words = S / 64;

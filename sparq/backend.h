@@ -21,6 +21,19 @@ struct sparq_backend_config {
 	uint32_t n_threads;   /* CPU worker threads, 0 = one per online CPU */
 	bool cpu_portable;    /* CPU: use the portable C kernels even where AVX2 runs */
 	uint64_t gpu_budget_bytes; /* CUDA: key-slice pool limit, 0 = 90% of free GPU memory */
+	/*
+	 * Tests only (sparqd's --cuda-fault, refused without --allow-fault-injection): every
+	 * cuda_fault_every-th call that has GPU items reports a synthetic CUDA failure in place
+	 * of its last kernel launch, so the fallback to the CPU can be exercised; 0 = off.
+	 * cuda_fault_sticky: the failure is one that leaves the CUDA context unusable
+	 * (cudaErrorLaunchFailure), so the backend degrades; else cudaErrorLaunchOutOfResources.
+	 */
+	uint32_t cuda_fault_every;
+	bool cuda_fault_sticky;
+	/* Where a backend reports what deserves a log line (CUDA: its first fallback to the
+	 * CPU, degrading); called from the calling thread, NULL = silent. */
+	void (*log)(void *user, const char *msg);
+	void *log_user;
 };
 
 /* What a backend did during one batched call, phase by phase (wall clock). */
@@ -31,7 +44,10 @@ struct sparq_attend_stats {
 	uint64_t exact_ns;      /* exact attention on the rows, blend */
 	uint64_t slice_bytes;   /* key-slice bytes read by scoring */
 	uint64_t record_bytes;  /* record bytes fetched from the store */
-	uint32_t cpu_items;     /* CUDA: items served by its CPU fallback (slice did not fit) */
+	uint32_t cpu_items;     /* CUDA: items served by its internal CPU backend (the slice did
+				 * not fit, or fallback_items) */
+	uint32_t fallback_items; /* CUDA: of those, items the GPU should have served, moved to
+				  * the CPU by a CUDA error (in this call or an earlier one) */
 	uint64_t cache_rows;    /* CUDA: selected rows looked up in its GPU row cache */
 	uint64_t cache_hits;    /* of those, found there: read from GPU memory, not the store */
 };
@@ -72,6 +88,20 @@ struct sparq_backend_info {
 	char detail[160];   /* "AVX2+F16C+FMA, 2 threads" / "not built" / "no device" */
 };
 
+/*
+ * What a backend recovered from over its life (all zero for the CPU backend). The CUDA
+ * backend serves a call whose GPU part failed with a CUDA error on its internal CPU
+ * backend; after an error that leaves the CUDA context unusable it is degraded and
+ * serves every later call there.
+ */
+struct sparq_backend_health {
+	uint64_t cuda_errors;       /* CUDA failures in calls and appends, synthetic ones included */
+	uint64_t fallback_batches;  /* calls with items moved to the CPU by a CUDA error */
+	uint64_t fallback_items;    /* those items */
+	uint32_t streams_lost;      /* streams alive now that moved to the CPU for good after one */
+	bool degraded;              /* the context is unusable: every call runs on the CPU */
+};
+
 /* Fills up to max entries (CPU first); returns how many backends are known. */
 int sparq_backend_list(struct sparq_backend_info *out, int max);
 
@@ -83,6 +113,8 @@ int sparq_backend_open(const char *name, const struct sparq_backend_config *cfg,
 		       struct sparq_backend **out);
 void sparq_backend_close(struct sparq_backend *be);
 const char *sparq_backend_name(const struct sparq_backend *be);
+/* A consistent snapshot of be's health counters; safe while other threads use be. */
+void sparq_backend_health(struct sparq_backend *be, struct sparq_backend_health *out);
 
 /*
  * Runs the decode step for every item (SPARQ.md steps 1-7). Items are validated

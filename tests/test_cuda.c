@@ -11,6 +11,10 @@
  * fetch paths; the row cache serves a repeated selection from GPU memory (one row per
  * cache slot, the same y bit for bit), survives a decode append, and is off with
  * SPARQ_CUDA_ROWCACHE=0; one stream twice in a call stays right. Results are checked against the double-precision reference.
+ * CUDA failures (synthetic, cuda_fault_every): a call whose GPU part fails is served by
+ * the internal CPU backend bit for bit as the CPU backend serves the same streams, and
+ * counted; a sticky one degrades the backend for good (calls, appends, new streams),
+ * logged once; a validation error stays an error.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -547,6 +551,264 @@ static void test_row_cache(const struct sparq_backend_config *cfg)
 	free_data(&x);
 }
 
+/* ---- CUDA failures served by the CPU backend (cuda_fault_every) ---- */
+
+struct log_rec {
+	int n, degraded;
+};
+
+static void log_cb(void *user, const char *msg)
+{
+	struct log_rec *l = user;
+
+	l->n++;
+	l->degraded += strstr(msg, "degraded") != NULL;
+	printf("log: %s\n", msg);
+}
+
+/* One stream of the fault test, the same data on the CUDA and on the CPU backend. */
+struct twin {
+	struct data x;
+	struct sparq_stream *g, *c;   /* on the CUDA backend, on the CPU backend */
+	uint64_t *mask;               /* NULL: none */
+	uint32_t r, k;
+	enum sparq_blend blend;
+};
+
+static void twin_open(struct twin *t, struct sparq_backend *gb, struct sparq_store *gst,
+		      struct sparq_backend *cb, struct sparq_store *cst, uint32_t upto)
+{
+	const char *why = NULL;
+
+	T_CHECK(sparq_stream_create(gb, gst, t->x.d, t->x.dt, &t->g, &why) == 0, "create: %s", why);
+	T_CHECK(sparq_stream_create(cb, cst, t->x.d, t->x.dt, &t->c, &why) == 0, "create: %s", why);
+	append_range(t->g, &t->x, 0, upto, upto);
+	append_range(t->c, &t->x, 0, upto, upto);
+}
+
+/* The CUDA item against the CPU backend's, bit for bit (a fallback IS the CPU backend). */
+static void same_bits(const char *what, const struct twin *t, const struct sparq_attend_item *a,
+		      const struct sparq_attend_item *c, bool full)
+{
+	T_CHECK(a->n_sel == c->n_sel && memcmp(a->sel, c->sel, a->n_sel * 4) == 0,
+		"%s: selection differs from the CPU backend's", what);
+	T_CHECK(memcmp(a->alpha, c->alpha, t->x.g * 4) == 0, "%s: alpha differs", what);
+	T_CHECK(!full || memcmp(a->y, c->y, (size_t)t->x.g * t->x.d * 4) == 0,
+		"%s: y differs from the CPU backend's", what);
+}
+
+/*
+ * Decode steps over three streams (a zero-copy store with the row cache in v2, a plain
+ * one), each step one append and one call of three items on the CUDA backend with a
+ * synthetic CUDA failure every `every` calls, and the same on the CPU backend: a call
+ * that fell back answers bit for bit as the CPU backend; the others still match the
+ * reference (the row cache a failed call left half-claimed was dropped). Sticky: the
+ * backend degrades at the first fault, logs it once, and from then on every call,
+ * append and new stream is served by the CPU, bit for bit. A validation error is
+ * returned as such, not turned into a fallback.
+ */
+static void test_fault_fallback(const struct sparq_backend_config *base, bool v2, bool sticky)
+{
+	const uint32_t every = sticky ? 2 : 3, steps = 8, pre = 8;
+	struct sparq_backend_config cfg = *base;
+	struct sparq_backend *gb, *cb;
+	struct sparq_store *g_region, *g_plain, *c_plain;
+	struct sparq_backend_health h;
+	struct log_rec lg = { 0 };
+	struct twin tw[3] = {
+		{ .r = 16, .k = 256, .blend = SPARQ_BLEND_ON },
+		{ .r = 8, .k = 200, .blend = SPARQ_BLEND_AUTO },
+		{ .r = 32, .k = 128, .blend = SPARQ_BLEND_OFF },
+	};
+	/* sticky: attended only after the loop, its appends meet the degraded backend */
+	struct twin idle = { .r = 16, .k = 100, .blend = SPARQ_BLEND_ON };
+	const char *name = sticky ? (v2 ? "fault v2 sticky" : "fault v1 sticky")
+				  : (v2 ? "fault v2" : "fault v1");
+	uint32_t n_fb = 0;
+	char what[96];
+
+	cfg.cuda_fault_every = every;
+	cfg.cuda_fault_sticky = sticky;
+	cfg.log = log_cb;
+	cfg.log_user = &lg;
+	if (v2)
+		T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v2", 1) == 0, "setenv");
+	T_CHECK(sparq_backend_open("cuda", &cfg, &gb) == 0, "%s: open cuda", name);
+	T_CHECK(unsetenv("SPARQ_CUDA_KERNELS") == 0, "unsetenv");
+	T_CHECK(sparq_backend_open("cpu", base, &cb) == 0, "%s: open cpu", name);
+	T_CHECK(sparq_store_heap_create_region(64, 64ull << 20, &g_region) == 0, "region store");
+	T_CHECK(sparq_store_heap_create(64, 0, &g_plain) == 0, "store");
+	T_CHECK(sparq_store_heap_create(64, 0, &c_plain) == 0, "store");
+	make_data(&tw[0].x, 3000, 128, 4, SPARQ_DTYPE_F16, 61, 1.0f);
+	make_data(&tw[1].x, 2500, 64, 2, SPARQ_DTYPE_BF16, 62, 1.0f);
+	make_data(&tw[2].x, 1200, 128, 1, SPARQ_DTYPE_F16, 63, 1.0f);
+	tw[1].mask = t_alloc((2500 + 63) / 64 * 8);
+	memset(tw[1].mask, 0, (2500 + 63) / 64 * 8);
+	for (uint32_t j = 3; j < 2500; j += 7)
+		tw[1].mask[j / 64] |= UINT64_C(1) << (j % 64);
+	for (int i = 0; i < 3; i++)
+		twin_open(&tw[i], gb, i == 1 ? g_plain : g_region, cb, c_plain,
+			  tw[i].x.S - pre - 1);
+	if (sticky) {
+		make_data(&idle.x, 900, 128, 2, SPARQ_DTYPE_F16, 65, 1.0f);
+		twin_open(&idle, gb, g_plain, cb, c_plain, 900 - steps);
+	}
+
+	for (uint32_t step = 1; step <= steps; step++) {
+		/* the third call selects only: its fault stands in for the alpha launch */
+		const bool full = step != 3;
+		struct sparq_attend_item a[3], c[3];
+		struct data cur[3];
+
+		for (int i = 0; i < 3; i++) {
+			const uint32_t S = tw[i].x.S - pre - 1 + step;
+
+			append_range(tw[i].g, &tw[i].x, S - 1, S, 1);
+			append_range(tw[i].c, &tw[i].x, S - 1, S, 1);
+			cur[i] = tw[i].x;
+			cur[i].S = S;
+			a[i] = item_for(tw[i].g, &cur[i], tw[i].mask, tw[i].r, tw[i].k, tw[i].blend);
+			c[i] = item_for(tw[i].c, &cur[i], tw[i].mask, tw[i].r, tw[i].k, tw[i].blend);
+		}
+		if (sticky) {
+			append_range(idle.g, &idle.x, 900 - steps + step - 1, 900 - steps + step, 1);
+			append_range(idle.c, &idle.x, 900 - steps + step - 1, 900 - steps + step, 1);
+		}
+		const enum sparq_attend_mode mode = full ? SPARQ_ATTEND_FULL : SPARQ_ATTEND_SELECT;
+		struct sparq_attend_batch ga = { .items = a, .n = 3, .mode = mode };
+		struct sparq_attend_batch ca = { .items = c, .n = 3, .mode = mode };
+		int ret = sparq_backend_attend(gb, &ga);
+		T_CHECK(ret == 0, "%s step %u: %d %s", name, step, ret, ga.why ? ga.why : "");
+		ret = sparq_backend_attend(cb, &ca);
+		T_CHECK(ret == 0, "%s step %u (cpu): %d %s", name, step, ret, ca.why ? ca.why : "");
+		const bool want_fb = sticky ? step >= every : step % every == 0;
+		T_CHECK(ga.stats.fallback_items == (want_fb ? 3u : 0u) &&
+			ga.stats.cpu_items == ga.stats.fallback_items,
+			"%s step %u: %u items fell back, %u on the CPU (want %u)", name, step,
+			ga.stats.fallback_items, ga.stats.cpu_items, want_fb ? 3u : 0u);
+		for (int i = 0; i < 3; i++) {
+			snprintf(what, sizeof(what), "%s step %u item %d", name, step, i);
+			if (want_fb)
+				same_bits(what, &tw[i], &a[i], &c[i], full);
+			else if (full)
+				check_ref(what, &cur[i], tw[i].mask, &a[i]);
+			free_item(&a[i]);
+			free_item(&c[i]);
+		}
+		n_fb += want_fb;
+	}
+	sparq_backend_health(gb, &h);
+	printf("%s: %s\n", name, gb->detail);
+	printf("%s: %llu CUDA errors, %llu calls (%llu items) fell back, %u streams lost%s\n",
+	       name, (unsigned long long)h.cuda_errors, (unsigned long long)h.fallback_batches,
+	       (unsigned long long)h.fallback_items, h.streams_lost,
+	       h.degraded ? ", degraded" : "");
+	T_CHECK(h.fallback_batches == n_fb && h.fallback_items == 3ull * n_fb,
+		"%s: health counts %llu calls, %llu items; want %u, %u", name,
+		(unsigned long long)h.fallback_batches, (unsigned long long)h.fallback_items, n_fb,
+		3 * n_fb);
+	T_CHECK(h.cuda_errors == (sticky ? 1u : steps / every), "%s: %llu CUDA errors", name,
+		(unsigned long long)h.cuda_errors);
+	T_CHECK(h.degraded == sticky && h.streams_lost == (sticky ? 3u : 0u),
+		"%s: degraded %d, %u streams lost", name, h.degraded, h.streams_lost);
+	T_CHECK(lg.n == 1 && lg.degraded == (sticky ? 1 : 0),
+		"%s: %d log lines (%d on degrading), want one", name, lg.n, lg.degraded);
+	T_CHECK(!sticky || strstr(gb->detail, "DEGRADED"), "%s: detail '%s'", name, gb->detail);
+
+	if (sticky) {
+		/* a stream the failed call did not have: its GPU copy went stale with the
+		 * appends after degrading, its keys come from the store */
+		struct sparq_attend_item ia = item_for(idle.g, &idle.x, NULL, idle.r, idle.k,
+						       idle.blend);
+		struct sparq_attend_item ic = item_for(idle.c, &idle.x, NULL, idle.r, idle.k,
+						       idle.blend);
+		struct sparq_attend_batch iga = { .items = &ia, .n = 1 };
+		struct sparq_attend_batch ica = { .items = &ic, .n = 1 };
+		T_CHECK(sparq_backend_attend(gb, &iga) == 0 && sparq_backend_attend(cb, &ica) == 0,
+			"%s: idle stream: %s", name, iga.why ? iga.why : "");
+		T_CHECK(iga.stats.fallback_items == 1, "%s: idle stream not counted", name);
+		same_bits("degraded: idle stream", &idle, &ia, &ic, true);
+		free_item(&ia);
+		free_item(&ic);
+		sparq_backend_health(gb, &h);
+		T_CHECK(h.streams_lost == 4, "%s: %u streams lost after the idle one", name,
+			h.streams_lost);
+
+		/* degraded: a new stream lives on the CPU from the start */
+		struct twin nt = { .r = 8, .k = 64, .blend = SPARQ_BLEND_ON };
+		make_data(&nt.x, 700, 64, 2, SPARQ_DTYPE_F16, 64, 1.0f);
+		twin_open(&nt, gb, g_region, cb, c_plain, 700);
+		struct sparq_attend_item a = item_for(nt.g, &nt.x, NULL, nt.r, nt.k, nt.blend);
+		struct sparq_attend_item c = item_for(nt.c, &nt.x, NULL, nt.r, nt.k, nt.blend);
+		struct sparq_attend_batch ga = { .items = &a, .n = 1 }, ca = { .items = &c, .n = 1 };
+		T_CHECK(sparq_backend_attend(gb, &ga) == 0 && sparq_backend_attend(cb, &ca) == 0,
+			"%s: new stream: %s", name, ga.why ? ga.why : "");
+		T_CHECK(ga.stats.fallback_items == 1, "%s: new stream not counted", name);
+		same_bits("degraded: new stream", &nt, &a, &c, true);
+		sparq_backend_health(gb, &h);
+		T_CHECK(h.streams_lost == 5 && lg.n == 1, "%s: %u streams lost, %d log lines", name,
+			h.streams_lost, lg.n);
+		free_item(&a);
+		free_item(&c);
+		sparq_stream_destroy(nt.g);
+		sparq_stream_destroy(nt.c);
+		free_data(&nt.x);
+		sparq_backend_health(gb, &h);
+		T_CHECK(h.streams_lost == 4, "%s: a closed lost stream still counted", name);
+		sparq_stream_destroy(idle.g);
+		sparq_stream_destroy(idle.c);
+		free_data(&idle.x);
+	} else {
+		/* a validation error is returned, not served by the CPU: the fault drawn by
+		 * the call is not taken (overflow is found before the last launch) */
+		struct data ok, big;
+		make_data(&ok, 1000, 64, 1, SPARQ_DTYPE_BF16, 31, 1.0f);
+		make_data(&big, 1000, 64, 1, SPARQ_DTYPE_BF16, 32, 1e38f);
+		struct sparq_stream *s1 = stream_of(gb, g_plain, &ok, 1000, 1000);
+		struct sparq_stream *s2 = stream_of(gb, g_plain, &big, 1000, 1000);
+		struct sparq_attend_item it[2] = {
+			item_for(s1, &ok, NULL, 64, 128, SPARQ_BLEND_ON),
+			item_for(s2, &big, NULL, 64, 128, SPARQ_BLEND_ON),
+		};
+		const uint32_t to_fault = every - steps % every; /* calls up to the next fault */
+		for (uint32_t i = 1; i < to_fault; i++) {
+			struct sparq_attend_batch bt = { .items = it, .n = 1 };
+			T_CHECK(sparq_backend_attend(gb, &bt) == 0 && bt.stats.fallback_items == 0,
+				"%s: call before the fault: %s", name, bt.why ? bt.why : "");
+		}
+		struct sparq_attend_batch bt = { .items = it, .n = 2 };
+		int ret = sparq_backend_attend(gb, &bt);
+		T_CHECK(ret == -ERANGE && bt.bad_item == 1 && bt.stats.fallback_items == 0,
+			"%s: overflow with a fault drawn gave %d item %d (%s), %u fell back", name, ret,
+			bt.bad_item, bt.why ? bt.why : "", bt.stats.fallback_items);
+		struct sparq_backend_health h2;
+		sparq_backend_health(gb, &h2);
+		T_CHECK(h2.fallback_batches == h.fallback_batches && h2.cuda_errors == h.cuda_errors,
+			"%s: the overflow counted as a CUDA error", name);
+		bt = (struct sparq_attend_batch){ .items = it, .n = 1 };
+		T_CHECK(sparq_backend_attend(gb, &bt) == 0 && bt.stats.fallback_items == 0,
+			"%s: after the overflow: %s", name, bt.why ? bt.why : "");
+		check_ref("fault: after the overflow", &ok, NULL, &it[0]);
+		free_item(&it[0]);
+		free_item(&it[1]);
+		sparq_stream_destroy(s1);
+		sparq_stream_destroy(s2);
+		free_data(&ok);
+		free_data(&big);
+	}
+	for (int i = 0; i < 3; i++) {
+		sparq_stream_destroy(tw[i].g);
+		sparq_stream_destroy(tw[i].c);
+		free(tw[i].mask);
+		free_data(&tw[i].x);
+	}
+	sparq_backend_close(gb);
+	sparq_backend_close(cb);
+	sparq_store_destroy(g_region);
+	sparq_store_destroy(g_plain);
+	sparq_store_destroy(c_plain);
+}
+
 int main(void)
 {
 	struct sparq_backend_config cfg = { .n_threads = 2 };
@@ -569,6 +831,10 @@ int main(void)
 	T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v2", 1) == 0, "setenv");
 	test_row_cache(&cfg);
 	T_CHECK(unsetenv("SPARQ_CUDA_KERNELS") == 0, "unsetenv");
+	for (int v2 = 0; v2 < 2; v2++) {
+		test_fault_fallback(&cfg, v2, false);
+		test_fault_fallback(&cfg, v2, true);
+	}
 	printf("cuda: all checks passed\n");
 	return T_EXIT_PASS;
 }

@@ -6,6 +6,12 @@
  * Every CUDA runtime call is checked; a failure becomes -EIO (-ENOMEM for device
  * allocation failures) and a reason kept in the context until the next call, which
  * is what batch->why points at.
+ *
+ * A CUDA failure never loses a request (cuda_backend.c): the call's GPU items are
+ * served by the internal CPU backend, whose slice under each stream is a mirror of
+ * its keys read from the record store (never from the GPU, whose state the failed
+ * call may have left half-written). An error that leaves the context unusable
+ * degrades the backend: from then on every stream moves to the CPU for good.
  */
 #ifndef SPARQ_CUDA_HOST_H
 #define SPARQ_CUDA_HOST_H
@@ -42,12 +48,14 @@ struct cu_region {
 
 struct cu_ctx {
 	struct sparq_backend pub;
-	struct sparq_backend *cpu;  /* serves the streams whose slices did not fit */
+	struct sparq_backend *cpu;  /* serves the streams whose slices did not fit, and fallbacks */
 	int dev;
 	char dev_desc[96];
 	cudaStream_t st;
 	cudaEvent_t ev[6];
-	pthread_mutex_t mu;         /* one call at a time: pool, staging, call buffers */
+	pthread_mutex_t mu;         /* one call at a time: pool, staging, call buffers
+				     * (recursive: the append and create wrappers hold it
+				     * across slice.c, which takes it too) */
 	struct cu_pool pool;
 	/* key-append staging: pinned host → device, then a scatter kernel */
 	uint16_t *h_stage, *d_stage;
@@ -65,6 +73,19 @@ struct cu_ctx {
 	bool rc_off;                /* SPARQ_CUDA_ROWCACHE=0 at open: no row caches */
 	uint64_t rc_bytes, rc_cap;  /* GPU bytes of row caches now, and at most */
 	char err[192];
+	cudaError_t last_err;       /* the latest cu_fail's error: tells CUDA failures from others */
+	/* fallback (under mu) */
+	bool degraded;              /* a sticky error: the GPU is not used any more */
+	bool logged_fallback;       /* the first fallback was logged (later ones are counted) */
+	uint32_t n_lost;            /* streams alive that moved to the CPU after a CUDA error */
+	uint64_t n_cuda_errors, n_fb_batches, n_fb_items;
+	/* test-only fault injection (sparq_backend_config.cuda_fault_*) */
+	uint32_t fault_every;       /* 0 = off */
+	uint32_t fault_count;       /* calls with GPU items since the last injected fault */
+	bool fault_now;             /* this call's last launch reports fault_err instead */
+	cudaError_t fault_err;
+	void (*log)(void *user, const char *msg);
+	void *log_user;
 };
 
 /* The GPU state of one stream's slice (sparq_slice.ext of the CPU slice it wraps). */
@@ -80,6 +101,12 @@ struct cu_slice {
 	uint32_t rc_rec_bytes;
 	uint32_t *rc_tag;     /* device [rc_slots]: position + 1, 0 empty */
 	uint8_t *rc_data;     /* device [rc_slots][rc_rec_bytes] */
+	/* fallback state (cuda_backend.c) */
+	uint32_t cpu_len;     /* on_gpu: positions [0, cpu_len) of the CPU slice mirror the keys */
+	bool stale;           /* on_gpu: the GPU copy cannot be trusted (an append failed in
+			       * CUDA, or came after degrading): the stream moves to the CPU,
+			       * from the store, at its next call */
+	bool lost;            /* !on_gpu because of a CUDA error, not for want of room */
 };
 
 /* Frees a slice's row cache (between calls: nothing reads it). */

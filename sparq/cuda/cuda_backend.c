@@ -15,6 +15,21 @@
  * Streams whose slices did not fit in the GPU budget are served by an internal CPU
  * backend (slice.c); a batch is split, the CPU items run after the GPU items.
  *
+ * CUDA failures (issue 5): when the GPU part of a call fails with a CUDA error (not a
+ * validation error: -EINVAL and -ERANGE are returned as before), its items are served
+ * by the internal CPU backend instead, and counted. That backend reads the keys from
+ * the stream's CPU slice, which for a GPU stream is a mirror filled from the record
+ * store on demand (positions [0, cpu_len) are kept, so the next fallback reads only
+ * what was appended since): it never reads the GPU slice or anything else the failed
+ * call may have left half-written, so it computes bit for bit what the CPU backend
+ * computes on those streams. The row caches the call used are dropped (a slot may be
+ * claimed for a row that was never copied). An error that leaves the CUDA context
+ * unusable (the documented sticky errors, or one that a cleared error state and a
+ * stream synchronization still report) degrades the backend, logged once: each stream
+ * then moves to the CPU for good at its next call or append, from the store. An
+ * append whose upload fails in CUDA does the same for its stream and succeeds: the
+ * store already holds the records.
+ *
  * Per-call buffers (one pinned host buffer, one device buffer) grow on demand and
  * are reused; calls on one backend are serialized.
  *
@@ -28,6 +43,7 @@
  * yet, so it stays opt-in until a device run passes the same checks.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +99,7 @@ static uint64_t now_ns(void)
 
 int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what)
 {
+	cx->last_err = e;
 	snprintf(cx->err, sizeof(cx->err), "CUDA: %s: %s (%s)", what, cudaGetErrorName(e),
 		 cudaGetErrorString(e));
 	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
@@ -90,12 +107,17 @@ int cu_fail(struct cu_ctx *cx, cudaError_t e, const char *what)
 
 void cu_update_detail(struct cu_ctx *cx)
 {
-	snprintf(cx->pub.detail, sizeof(cx->pub.detail),
-		 "%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (no room)%s",
+	char d[320];
+
+	/* degraded first: the detail is cut at 160 bytes */
+	snprintf(d, sizeof(d), "%s%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (%s)%s",
+		 cx->degraded ? "DEGRADED (CUDA error: every call on the CPU); " : "",
 		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
 		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices,
+		 cx->n_lost ? "no room or CUDA error" : "no room",
 		 cx->kernels_v1 ? "; kernels v1" : cx->rc_off ? "; kernels v2, no row cache"
 							  : "; kernels v2");
+	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%.159s", d);
 }
 
 static bool masked(const uint64_t *ex, uint32_t j)
@@ -513,6 +535,17 @@ out:
 		}                                       \
 	} while (0)
 
+/* The test fault (cuda_fault_every) stands in for the launch that ends a call's GPU
+ * work: when last holds and this call drew the fault, the launch does not happen and
+ * the synthetic error is what it returned. */
+#define FAULT_OR(last, call) ((last) && cx->fault_now ? take_fault(cx) : (call))
+
+static cudaError_t take_fault(struct cu_ctx *cx)
+{
+	cx->fault_now = false;
+	return cx->fault_err;
+}
+
 static uint64_t elapsed_ns(cudaEvent_t a, cudaEvent_t z)
 {
 	float ms = 0.0f;
@@ -554,7 +587,8 @@ static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	CK(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
 	CK(cudaEventRecord(cx->ev[1], st), "event");
 	CK(sparq_cu_launch_select(st, items, n), "select kernel launch");
-	CK(sparq_cu_launch_alpha(st, items, n), "alpha kernel launch");
+	CK(FAULT_OR(b->mode == SPARQ_ATTEND_SELECT, sparq_cu_launch_alpha(st, items, n)),
+	   "alpha kernel launch");
 	CK(cudaMemcpyAsync(cx->h_buf + L.out1, cx->d_buf + L.out1, L.out1_end - L.out1,
 			   cudaMemcpyDeviceToHost, st), "download of the selection");
 	CK(cudaEventRecord(cx->ev[2], st), "event");
@@ -572,10 +606,11 @@ static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 			goto out;
 		}
 		if (info[0] != (p->dense ? p->n_vis : p->it->used.k)) {
-			/* the kernels select min(k, visible) rows by construction */
+			/* the kernels select min(k, visible) rows by construction: a GPU
+			 * failure, which the CPU backend can serve */
 			b->bad_item = (int32_t)p->index;
-			b->why = "CUDA: selection kernel returned a wrong row count";
-			ret = -EIO;
+			ret = cu_fail(cx, cudaErrorUnknown, "selection kernel returned a wrong row count");
+			b->why = cx->err;
 			goto out;
 		}
 	}
@@ -634,7 +669,8 @@ static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	CK(sparq_cu_launch_gather(st, (const struct sparq_cu_copy *)(cx->d_buf + L.copies),
 				  n_copies), "gather kernel launch");
 	CK(cudaEventRecord(cx->ev[4], st), "event");
-	CK(sparq_cu_launch_exact(st, items, n, L.g_max, L.d_max), "exact kernel launch");
+	CK(FAULT_OR(true, sparq_cu_launch_exact(st, items, n, L.g_max, L.d_max)),
+	   "exact kernel launch");
 	CK(cudaMemcpyAsync(cx->h_buf + L.out2, cx->d_buf + L.out2, L.out2_end - L.out2,
 			   cudaMemcpyDeviceToHost, st), "download of the outputs");
 	CK(cudaEventRecord(cx->ev[5], st), "event");
@@ -927,10 +963,12 @@ static int check_info2(struct cu_ctx *cx, struct plan *pl, uint32_t n,
 			return -ERANGE;
 		}
 		if (info[0] != (p->dense ? p->n_vis : p->it->used.k)) {
-			/* the kernels select min(k, visible) rows by construction */
+			/* the kernels select min(k, visible) rows by construction: a GPU
+			 * failure, which the CPU backend can serve */
 			b->bad_item = (int32_t)p->index;
-			b->why = "CUDA: selection kernel returned a wrong row count";
-			return -EIO;
+			int ret = cu_fail(cx, cudaErrorUnknown, "selection kernel returned a wrong row count");
+			b->why = cx->err;
+			return ret;
 		}
 		p->it->n_sel = info[0];
 	}
@@ -997,7 +1035,7 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	CK(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
 	CK(cudaEventRecord(cx->ev[1], st), "event");
 	CK(sparq_cu_launch_select2(st, items, n, L.sel_chunks_max), "select kernels launch");
-	CK(sparq_cu_launch_alpha(st, items, n), "alpha kernel launch");
+	CK(FAULT_OR(!full, sparq_cu_launch_alpha(st, items, n)), "alpha kernel launch");
 	CK(cudaEventRecord(cx->ev[2], st), "event");
 	if (staged) {
 		/* the store copies the selected records: the host needs the selection first */
@@ -1020,7 +1058,7 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	if (full)
 		CK(sparq_cu_launch_rc_probe(st, items, n, L.rc_rows_max), "row cache kernel launch");
 	if (full)
-		CK(sparq_cu_launch_exact2(st, items, n, L.ex_chunks_max, L.g_max),
+		CK(FAULT_OR(true, sparq_cu_launch_exact2(st, items, n, L.ex_chunks_max, L.g_max)),
 		   "exact kernels launch");
 	CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
 			   cudaMemcpyDeviceToHost, st), "download of the outputs");
@@ -1102,12 +1140,202 @@ static int attend_cpu(struct cu_ctx *cx, struct sparq_attend_batch *b, const uin
 	return ret;
 }
 
+/* ---- CUDA failures: fallback to the CPU backend ---- */
+
+#define MIRROR_BATCH 1024u
+
+static void say(struct cu_ctx *cx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void say(struct cu_ctx *cx, const char *fmt, ...)
+{
+	char msg[384];
+	va_list ap;
+
+	if (!cx->log)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	cx->log(cx->log_user, msg);
+}
+
+/* The errors the CUDA runtime documents as leaving the process in an inconsistent
+ * state, every later CUDA call returning the same error. */
+static bool sticky_error(cudaError_t e)
+{
+	switch (e) {
+	case cudaErrorECCUncorrectable:
+	case cudaErrorContained:
+	case cudaErrorIllegalAddress:
+	case cudaErrorLaunchTimeout:
+	case cudaErrorAssert:
+	case cudaErrorHardwareStackError:
+	case cudaErrorIllegalInstruction:
+	case cudaErrorMisalignedAddress:
+	case cudaErrorInvalidAddressSpace:
+	case cudaErrorInvalidPc:
+	case cudaErrorLaunchFailure:
+	case cudaErrorTensorMemoryLeak:
+	case cudaErrorMpsClientTerminated:
+	case cudaErrorExternalDevice:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * Whether the context survived error e. cudaGetLastError clears a non-sticky error;
+ * then the failed call's queued work is waited for (nothing of it may still run when
+ * the next call reuses the buffers or its row caches are freed): an error reported
+ * now, even after clearing once more, means the context is gone whatever e said.
+ */
+static bool context_lost(struct cu_ctx *cx, cudaError_t e)
+{
+	cudaError_t s;
+
+	if (sticky_error(e)) {
+		/* returns at once in a dead context; a synthetic error's work still runs */
+		cudaStreamSynchronize(cx->st);
+		cudaGetLastError();
+		return true;
+	}
+	cudaGetLastError();
+	s = cudaStreamSynchronize(cx->st);
+	if (s != cudaSuccess && !sticky_error(s)) {
+		cudaGetLastError();
+		s = cudaStreamSynchronize(cx->st);
+	}
+	return s != cudaSuccess;
+}
+
+/* A CUDA failure (cx->err says which): counted, logged the first time (then says
+ * what became of the work), and the backend degraded when the context did not
+ * survive it. */
+static void note_failure(struct cu_ctx *cx, cudaError_t e, bool synthetic, const char *then)
+{
+	cx->n_cuda_errors++;
+	if (context_lost(cx, e)) {
+		cx->degraded = true;
+		cu_update_detail(cx);
+		say(cx, "CUDA backend degraded: %s%s; the CUDA context is unusable, so every "
+		    "later call runs on the CPU backend (restart to use the GPU again)", cx->err,
+		    synthetic ? " [injected by --cuda-fault]" : "");
+	} else if (!cx->logged_fallback) {
+		cx->logged_fallback = true;
+		say(cx, "CUDA failure, %s: %s%s (later ones are only counted)", then, cx->err,
+		    synthetic ? " [injected by --cuda-fault]" : "");
+	}
+}
+
+/*
+ * Positions [cpu_len, S) of the stream's keys into its CPU slice, from the record
+ * store (records are the K row then the V row): the CPU backend then reads exactly
+ * the keys it would have been given by the appends.
+ */
+static int mirror_keys(struct cu_ctx *cx, struct sparq_stream *s)
+{
+	struct sparq_slice *sl = sparq_stream_slice(s);
+	struct cu_slice *cs = cu_slice_of(sl);
+	struct sparq_store *st = sparq_stream_store(s);
+	const uint32_t S = sparq_stream_len(s), d = cs->d, rec = sparq_stream_record_bytes(s);
+	uint32_t *pos = NULL;
+	uint8_t *buf = NULL;
+	uint16_t *k = NULL;
+	int ret = 0;
+
+	if (cs->cpu_len >= S)
+		return 0;
+	pos = malloc(MIRROR_BATCH * sizeof(*pos));
+	buf = malloc((size_t)MIRROR_BATCH * rec);
+	k = malloc((size_t)MIRROR_BATCH * d * sizeof(*k));
+	if (!pos || !buf || !k) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	while (cs->cpu_len < S) {
+		const uint32_t at = cs->cpu_len, n = S - at < MIRROR_BATCH ? S - at : MIRROR_BATCH;
+		struct sparq_gather g = { .stream = sparq_stream_records(s), .pos = pos, .n = n,
+					  .out = buf };
+
+		for (uint32_t i = 0; i < n; i++)
+			pos[i] = at + i;
+		ret = st->ops->gather(st->ctx, &g, 1);
+		if (ret)
+			goto out;
+		for (uint32_t i = 0; i < n; i++)
+			memcpy(k + (size_t)i * d, buf + (size_t)i * rec, d * sizeof(*k));
+		ret = cx->cpu->ops->slice_write(cx->cpu->ctx, sl, at, n, k);
+		if (ret)
+			goto out;
+		cs->cpu_len = at + n;
+	}
+out:
+	free(pos);
+	free(buf);
+	free(k);
+	return ret;
+}
+
+/* Moves a GPU stream to the CPU for good after a CUDA error: its keys from the store,
+ * its pages back to the pool, its row cache freed. */
+static int lose_stream(struct cu_ctx *cx, struct sparq_stream *s)
+{
+	struct cu_slice *cs = cu_slice_of(sparq_stream_slice(s));
+	int ret = mirror_keys(cx, s);
+
+	if (ret)
+		return ret;
+	for (uint32_t i = 0; i < cs->n_pages; i++)
+		cu_pool_put(&cx->pool, cs->pages[i]);
+	cs->n_pages = 0;
+	cu_rc_free(cx, cs);
+	cs->on_gpu = false;
+	cs->stale = false;
+	cs->lost = true;
+	cx->n_fallback++;
+	cx->n_lost++;
+	cu_update_detail(cx);
+	return 0;
+}
+
+/*
+ * The GPU part of b failed in CUDA: forget what it did (outputs, stats, reason), drop
+ * the row caches it used, and give each of its streams the keys the CPU backend needs
+ * (or move them there for good when the backend degraded). The caller then serves
+ * every item of b on the CPU.
+ */
+static int fall_back(struct cu_ctx *cx, struct sparq_attend_batch *b, const struct plan *pl,
+		     uint32_t n, const struct sparq_attend_stats *before, bool synthetic)
+{
+	note_failure(cx, cx->last_err, synthetic, "the call was served by the CPU backend");
+	b->stats = *before;
+	b->bad_item = -1;
+	b->why = NULL;
+	for (uint32_t i = 0; i < n; i++) {
+		struct sparq_stream *s = pl[i].it->stream;
+		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(s));
+		int ret;
+
+		if (!cs->on_gpu)
+			continue;  /* the same stream twice in the call */
+		cu_rc_free(cx, cs);
+		ret = cx->degraded ? lose_stream(cx, s) : mirror_keys(cx, s);
+		if (ret) {
+			b->bad_item = (int32_t)pl[i].index;
+			b->why = "record store read failed (the keys for the CPU fallback)";
+			return ret;
+		}
+	}
+	return 0;
+}
+
 static int cu_attend(void *ctx, struct sparq_attend_batch *b)
 {
 	struct cu_ctx *cx = ctx;
 	struct plan *pl = calloc(b->n, sizeof(*pl));
 	uint32_t *cpu_idx = calloc(b->n, sizeof(*cpu_idx));
-	uint32_t n_gpu = 0, n_cpu = 0;
+	uint32_t n_gpu = 0, n_cpu = 0, n_fb = 0;
 	int ret = 0;
 
 	if (!pl || !cpu_idx) {
@@ -1118,24 +1346,62 @@ static int cu_attend(void *ctx, struct sparq_attend_batch *b)
 	}
 	pthread_mutex_lock(&cx->mu);
 	for (uint32_t i = 0; i < b->n; i++) {
-		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(b->items[i].stream));
+		struct sparq_stream *s = b->items[i].stream;
+		struct cu_slice *cs = cu_slice_of(sparq_stream_slice(s));
+
+		if (cs->on_gpu && (cx->degraded || cs->stale)) {
+			ret = lose_stream(cx, s);
+			if (ret) {
+				b->bad_item = (int32_t)i;
+				b->why = "record store read failed (moving the stream to the CPU "
+					 "after a CUDA error)";
+				goto out;
+			}
+		}
 		if (cs->on_gpu)
 			plan_item(&pl[n_gpu++], &b->items[i], i);
 		else
 			cpu_idx[n_cpu++] = i;
+		n_fb += cs->lost;
 	}
 	if (n_gpu) {
-		cudaError_t e = cudaSetDevice(cx->dev);
+		const struct sparq_attend_stats before = b->stats;
+		bool drawn = false, synthetic = false;
+		cudaError_t e;
+
+		cx->last_err = cudaSuccess;
+		/* the test fault: one compare per call when it is off */
+		if (cx->fault_every && ++cx->fault_count == cx->fault_every) {
+			cx->fault_count = 0;
+			cx->fault_now = drawn = true;
+		}
+		e = cudaSetDevice(cx->dev);
 		if (e != cudaSuccess) {
 			ret = cu_fail(cx, e, "cudaSetDevice");
 			b->why = cx->err;
 			b->bad_item = (int32_t)pl[0].index;
+		} else {
+			ret = cx->kernels_v1 ? attend_gpu_v1(cx, b, pl, n_gpu)
+					     : attend_gpu_v2(cx, b, pl, n_gpu);
+			synthetic = drawn && !cx->fault_now;  /* FAULT_OR took it */
+		}
+		cx->fault_now = false;  /* not drawn when the call stopped before its end */
+		if (ret && cx->last_err != cudaSuccess) {
+			ret = fall_back(cx, b, pl, n_gpu, &before, synthetic);
+			if (ret)
+				goto out;
+			n_fb += n_gpu;
+			n_cpu = b->n;
+			for (uint32_t i = 0; i < b->n; i++)
+				cpu_idx[i] = i;
+		} else if (ret) {
 			goto out;
 		}
-		ret = cx->kernels_v1 ? attend_gpu_v1(cx, b, pl, n_gpu)
-				     : attend_gpu_v2(cx, b, pl, n_gpu);
-		if (ret)
-			goto out;
+	}
+	if (n_fb) {
+		b->stats.fallback_items += n_fb;
+		cx->n_fb_batches++;
+		cx->n_fb_items += n_fb;
 	}
 	if (n_cpu)
 		ret = attend_cpu(cx, b, cpu_idx, n_cpu);
@@ -1144,6 +1410,97 @@ out:
 	free(pl);
 	free(cpu_idx);
 	return ret;
+}
+
+/*
+ * The slice ops slice.c implements, with the fallback state kept around them (under
+ * the recursive mutex, which slice.c takes again): a rewrite shortens the CPU mirror;
+ * after degrading, or once the stream's GPU copy is stale, appends go to the mirror
+ * when they extend it (else the store has them for the next call); an append that
+ * fails in CUDA leaves the stream stale instead of failing.
+ */
+static int cu_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
+		    const uint16_t *k_rows)
+{
+	struct cu_ctx *cx = ctx;
+	struct cu_slice *cs = cu_slice_of(sl);
+	int ret;
+
+	if (n == 0)
+		return 0;
+	pthread_mutex_lock(&cx->mu);
+	if (cs->on_gpu && pos < cs->cpu_len)
+		cs->cpu_len = pos;
+	if (cs->on_gpu && (cx->degraded || cs->stale)) {
+		cs->stale = true;
+		if (pos == cs->cpu_len &&
+		    cx->cpu->ops->slice_write(cx->cpu->ctx, sl, pos, n, k_rows) == 0)
+			cs->cpu_len = pos + n;
+		ret = 0;
+		goto out;
+	}
+	cx->last_err = cudaSuccess;
+	ret = cu_slice_write(ctx, sl, pos, n, k_rows);
+	if (ret && cx->last_err != cudaSuccess && cs->on_gpu) {
+		note_failure(cx, cx->last_err, false,
+			     "the append went to the store only and the stream moves to the CPU backend");
+		/* the mirror may have been rewritten from the GPU copy (slice.c's move
+		 * to the CPU): read it all again from the store */
+		cs->stale = true;
+		cs->cpu_len = 0;
+		ret = 0;
+	}
+out:
+	pthread_mutex_unlock(&cx->mu);
+	return ret;
+}
+
+static int cu_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct sparq_slice **out)
+{
+	struct cu_ctx *cx = ctx;
+	int ret;
+
+	pthread_mutex_lock(&cx->mu);
+	ret = cu_slice_create(ctx, d, dt, out);
+	if (ret == 0 && cx->degraded) {
+		struct cu_slice *cs = cu_slice_of(*out);
+
+		cs->on_gpu = false;
+		cs->lost = true;
+		cx->n_fallback++;
+		cx->n_lost++;
+		cu_update_detail(cx);
+	}
+	pthread_mutex_unlock(&cx->mu);
+	return ret;
+}
+
+static void cu_destroy_slice(void *ctx, struct sparq_slice *sl)
+{
+	struct cu_ctx *cx = ctx;
+
+	if (!sl)
+		return;
+	pthread_mutex_lock(&cx->mu);
+	if (cu_slice_of(sl)->lost)
+		cx->n_lost--;
+	cu_slice_destroy(ctx, sl);
+	pthread_mutex_unlock(&cx->mu);
+}
+
+static void cu_health(void *ctx, struct sparq_backend_health *out)
+{
+	struct cu_ctx *cx = ctx;
+
+	pthread_mutex_lock(&cx->mu);
+	*out = (struct sparq_backend_health){
+		.cuda_errors = cx->n_cuda_errors,
+		.fallback_batches = cx->n_fb_batches,
+		.fallback_items = cx->n_fb_items,
+		.streams_lost = cx->n_lost,
+		.degraded = cx->degraded,
+	};
+	pthread_mutex_unlock(&cx->mu);
 }
 
 /* ---- open / close ---- */
@@ -1178,16 +1535,18 @@ static void cu_destroy(void *ctx)
 
 static const struct sparq_backend_ops cuda_ops = {
 	.name = "cuda",
-	.slice_create = cu_slice_create,
-	.slice_write = cu_slice_write,
-	.slice_destroy = cu_slice_destroy,
+	.slice_create = cu_create,
+	.slice_write = cu_write,
+	.slice_destroy = cu_destroy_slice,
 	.attend = cu_attend,
 	.destroy = cu_destroy,
+	.health = cu_health,
 };
 
 int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct sparq_backend **out)
 {
 	struct cu_ctx *cx;
+	pthread_mutexattr_t ma;
 	struct cudaDeviceProp prop;
 	size_t mem_free = 0, mem_total = 0;
 	char detail[160];
@@ -1200,7 +1559,17 @@ int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct spa
 	cx = calloc(1, sizeof(*cx));
 	if (!cx)
 		return -ENOMEM;
-	pthread_mutex_init(&cx->mu, NULL);
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&cx->mu, &ma);
+	pthread_mutexattr_destroy(&ma);
+	if (cfg) {
+		cx->fault_every = cfg->cuda_fault_every;
+		cx->fault_err = cfg->cuda_fault_sticky ? cudaErrorLaunchFailure
+						       : cudaErrorLaunchOutOfResources;
+		cx->log = cfg->log;
+		cx->log_user = cfg->log_user;
+	}
 	ret = sparq_cpu_backend_create(cfg, &cx->cpu);
 	if (ret) {
 		cx->cpu = NULL;
