@@ -15,7 +15,7 @@
 #include "sparq.h"
 
 enum opt_kind { OPT_PATH, OPT_SOCKET, OPT_MODE, OPT_BACKEND, OPT_U32, OPT_SIZE, OPT_SIZE32,
-		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT };
+		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT, OPT_CUDA_FAULT };
 
 struct opt {
 	const char *name;
@@ -47,8 +47,9 @@ static const struct opt opts[] = {
 	{ "ready-file", OPT_PATH, OFF(ready_file), 0, 0, "PATH: written (atomically, the pid) once the socket accepts" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "error|warn|info|debug (info)" },
 	{ "metrics-port", OPT_U32, OFF(metrics_port), 0, 65535, "N: Prometheus metrics on 127.0.0.1:N, 0 = off (0)" },
-	{ "allow-fault-injection", OPT_FLAG, OFF(allow_fault_injection), 0, 0, "tests only: accept --nvme-fault (off)" },
+	{ "allow-fault-injection", OPT_FLAG, OFF(allow_fault_injection), 0, 0, "tests only: accept --nvme-fault and --cuda-fault (off)" },
 	{ "nvme-fault", OPT_FAULT, OFF(nvme_fault), 0, 0, "SPEC: tests only, needs --allow-fault-injection: eio|enospc|short[:reads|:writes][:after=N][:count=M], after N good requests the next M (1) fail (off)" },
+	{ "cuda-fault", OPT_CUDA_FAULT, OFF(cuda_fault), 1, UINT32_MAX, "N[:sticky]: tests only, needs --allow-fault-injection and the CUDA backend: every Nth attend with GPU work fails with a synthetic CUDA error and is served by the CPU backend; sticky: an error that degrades the backend (off)" },
 };
 
 #define N_OPTS (sizeof(opts) / sizeof(opts[0]))
@@ -166,6 +167,27 @@ static int parse_fault(const char *v, struct sd_nvme_fault *f, char *why, size_t
 	return 0;
 }
 
+/* "N[:sticky]", N in [1, 2^32 - 1]: every Nth call with GPU items fails. */
+static int parse_cuda_fault(const char *v, struct sd_config *cfg, char *why, size_t why_len)
+{
+	unsigned long long n;
+	char *end;
+
+	if (strlen(v) >= sizeof(cfg->cuda_fault))
+		return bad(why, why_len, "--cuda-fault: spec longer than %zu bytes",
+			   sizeof(cfg->cuda_fault) - 1);
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	if (errno || end == v || *v == '-' || *v == '+' || n < 1 || n > UINT32_MAX ||
+	    (*end && strcmp(end, ":sticky") != 0))
+		return bad(why, why_len, "--cuda-fault: '%s' is not N or N:sticky with N in "
+			   "[1, %u] (every Nth attend with GPU work fails)", v, UINT32_MAX);
+	cfg->cuda_fault_every = (uint32_t)n;
+	cfg->cuda_fault_sticky = *end != '\0';
+	memcpy(cfg->cuda_fault, v, strlen(v) + 1);
+	return 0;
+}
+
 /* Applies one option's value (NULL for a flag) to cfg, with its checks. */
 static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char *why,
 		 size_t why_len)
@@ -189,6 +211,8 @@ static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char
 			return -EINVAL;
 		memcpy(f, v, strlen(v) + 1);   /* parse_fault checked its length */
 		return 0;
+	case OPT_CUDA_FAULT:
+		return parse_cuda_fault(v, cfg, why, why_len);
 	case OPT_MODE:
 		errno = 0;
 		n = strtoull(v, &end, 8);
@@ -371,6 +395,12 @@ static int validate(struct sd_config *cfg, char *why, size_t why_len)
 	if (cfg->nvme_fault[0] && !cfg->allow_fault_injection)
 		return bad(why, why_len, "--nvme-fault: refused; fault injection is for tests and "
 			   "must be enabled at start with --allow-fault-injection");
+	if (cfg->cuda_fault[0] && !cfg->allow_fault_injection)
+		return bad(why, why_len, "--cuda-fault: refused; fault injection is for tests and "
+			   "must be enabled at start with --allow-fault-injection");
+	if (cfg->cuda_fault[0] && cfg->backend == SD_BACKEND_CPU)
+		return bad(why, why_len, "--cuda-fault: the CPU backend has no CUDA work to fail "
+			   "(use --backend cuda or auto)");
 	if (!cfg->socket[0]) {
 		int n = snprintf(cfg->socket, sizeof(cfg->socket), "%s/sparqd.sock", cfg->data_dir);
 		if (n < 0 || (size_t)n >= sizeof(cfg->socket))
@@ -400,6 +430,7 @@ int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, c
 	case OPT_SOCKET:
 	case OPT_CONFIG:
 	case OPT_FAULT:
+	case OPT_CUDA_FAULT:
 		n = snprintf(val, len, "%s", (const char *)f);
 		break;
 	case OPT_MODE:

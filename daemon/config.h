@@ -48,6 +48,13 @@ struct sd_config {
 		int err;                 /* -EIO or -ENOSPC; 0 with short_io */
 		bool short_io, reads, writes;
 	} fault;
+	/*
+	 * Test-only CUDA fault injection (sparq_backend_config.cuda_fault_every), guarded the
+	 * same way: --cuda-fault N[:sticky] needs --allow-fault-injection at start.
+	 */
+	char cuda_fault[32];             /* the spec as given, "" = off */
+	uint32_t cuda_fault_every;       /* cuda_fault parsed: every Nth call with GPU items */
+	bool cuda_fault_sticky;          /* the synthetic error degrades the backend */
 };
 
 enum sd_config_result {

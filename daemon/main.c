@@ -48,9 +48,23 @@ static int write_pid_file(const char *path)
 	return ret;
 }
 
+/* The backend's log callback (a CUDA fallback, the backend degrading); user: the sd_log. */
+static void backend_log(void *user, const char *msg)
+{
+	sd_log(user, SD_LOG_WARN, "backend: %s", msg);
+}
+
 static int open_backend(struct sparqd *d)
 {
-	struct sparq_backend_config bc = { .n_threads = d->cfg.threads };
+	/* the fault fields stay 0 unless config.c accepted --cuda-fault with
+	 * --allow-fault-injection */
+	struct sparq_backend_config bc = {
+		.n_threads = d->cfg.threads,
+		.cuda_fault_every = d->cfg.cuda_fault_every,
+		.cuda_fault_sticky = d->cfg.cuda_fault_sticky,
+		.log = backend_log,
+		.log_user = &d->log,
+	};
 	const char *name = d->cfg.backend == SD_BACKEND_CUDA ? "cuda" : "cpu";
 	int ret;
 
@@ -81,6 +95,10 @@ static int open_backend(struct sparqd *d)
 	/* the opened backend's own description: its thread count, its device */
 	snprintf(d->backend_detail, sizeof(d->backend_detail), "%s", d->be->detail);
 	sd_log(&d->log, SD_LOG_INFO, "backend %s (%s)", name, d->backend_detail);
+	if (d->cfg.cuda_fault[0])
+		sd_log(&d->log, SD_LOG_WARN, strcmp(name, "cuda") == 0 ?
+		       "fault injection armed (tests only): --cuda-fault %s" :
+		       "--cuda-fault %s has no effect: the backend is the CPU", d->cfg.cuda_fault);
 	return 0;
 }
 
@@ -140,6 +158,14 @@ static void teardown(struct sparqd *d)
 	if (d->sessions_ready)
 		sd_sessions_shutdown(&d->sessions);
 	sd_loop_close(d);
+	if (d->be) {
+		char detail[512];
+
+		/* the CUDA errors the backend recovered from, once more in the log */
+		sd_stats_backend_detail(d->be, d->backend_detail, detail, sizeof(detail));
+		if (strcmp(detail, d->backend_detail) != 0)
+			sd_log(&d->log, SD_LOG_WARN, "backend at exit: %s", detail);
+	}
 	sparq_backend_close(d->be);
 	tier_manager_close(d->tm);
 	if (d->ready_written)

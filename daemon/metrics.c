@@ -171,6 +171,29 @@ static void render_ops(struct text *t, struct sparqd *d)
 	}
 }
 
+/* What the backend recovered from (sparq_backend_health; all 0 for the CPU backend). */
+static void render_backend(struct text *t, struct sparqd *d)
+{
+	struct sparq_backend_health h;
+
+	sparq_backend_health(d->be, &h);
+	counter1(t, "sparqd_backend_cuda_errors_total",
+		 "CUDA failures in attends and appends (synthetic ones from --cuda-fault included).",
+		 h.cuda_errors);
+	counter1(t, "sparqd_backend_fallback_calls_total",
+		 "Attends with items the GPU should have served that ran on the CPU backend after "
+		 "a CUDA error.", h.fallback_batches);
+	counter1(t, "sparqd_backend_fallback_items_total",
+		 "Items (sequence, KV head) of those attends served on the CPU backend.",
+		 h.fallback_items);
+	family(t, "sparqd_backend_streams_lost", "gauge",
+	       "Streams alive that moved to the CPU backend for good after a CUDA error.");
+	sample_u(t, "sparqd_backend_streams_lost", NULL, NULL, h.streams_lost);
+	family(t, "sparqd_backend_degraded", "gauge",
+	       "1 when a CUDA error left the GPU context unusable: every attend runs on the CPU.");
+	sample_u(t, "sparqd_backend_degraded", NULL, NULL, h.degraded);
+}
+
 int sd_metrics_render(struct sparqd *d, char **text, size_t *len)
 {
 	struct text t = { 0 };
@@ -189,6 +212,7 @@ int sd_metrics_render(struct sparqd *d, char **text, size_t *len)
 	put(&t, ",detail=");
 	put_label_value(&t, d->backend_detail);
 	put(&t, "} 1\n");
+	render_backend(&t, d);
 	family(&t, "sparqd_uptime_seconds", "gauge", "Seconds since the daemon started.");
 	sample_d(&t, "sparqd_uptime_seconds", NULL, NULL, (double)(sd_now_ns() - d->stats.start_ns) * 1e-9);
 	family(&t, "sparqd_clients", "gauge", "Clients connected now.");

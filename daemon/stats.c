@@ -3,6 +3,7 @@
  * b / SD_HIST_SUB and whose next two bits are b % SD_HIST_SUB: log-linear, so a fixed
  * 160 words cover nanoseconds to minutes with bounded relative error.
  */
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -76,4 +77,19 @@ uint64_t sd_stats_quantile(const struct sd_stats *st, enum sd_op op, double q)
 			return bucket_top(b);
 	}
 	return bucket_top(SD_HIST_BUCKETS - 1);
+}
+
+void sd_stats_backend_detail(struct sparq_backend *be, const char *base, char *out, size_t len)
+{
+	struct sparq_backend_health h;
+
+	sparq_backend_health(be, &h);
+	if (!h.cuda_errors && !h.degraded) {
+		snprintf(out, len, "%s", base);
+		return;
+	}
+	snprintf(out, len, "%s; CUDA errors: %llu, fallback: %llu calls (%llu items) on the CPU, "
+		 "%u streams moved there%s", base, (unsigned long long)h.cuda_errors,
+		 (unsigned long long)h.fallback_batches, (unsigned long long)h.fallback_items,
+		 h.streams_lost, h.degraded ? "; DEGRADED: every call on the CPU" : "");
 }

@@ -8,8 +8,10 @@
 #define SPARQD_STATS_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "request.h"
 
 #define SD_HIST_SUB 4u
@@ -31,5 +33,13 @@ void sd_stats_init(struct sd_stats *st);
 void sd_stats_record(struct sd_stats *st, enum sd_op op, int err, uint64_t ns);
 /* The q-quantile (0 < q <= 1) of op's latencies in ns; 0 when none was recorded. */
 uint64_t sd_stats_quantile(const struct sd_stats *st, enum sd_op op, double q);
+
+/*
+ * The Stats reply's backend detail: base (what the backend said at open) followed, once
+ * the backend has met a CUDA error, by its live health: "; CUDA errors: E, fallback:
+ * B calls (I items) on the CPU, L streams moved there" and "; DEGRADED: every call on
+ * the CPU" (sparq_backend_health). Cut to fit len.
+ */
+void sd_stats_backend_detail(struct sparq_backend *be, const char *base, char *out, size_t len);
 
 #endif

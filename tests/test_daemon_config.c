@@ -4,6 +4,9 @@
  * file makes sparqd exit 2 with a message naming the option (and the file line), and
  * nothing is created: not the data directory, not the socket. A valid file applies, a
  * flag beats the file, and a data directory that exists as a plain file is refused.
+ * The test-only --cuda-fault is refused without --allow-fault-injection (also from a
+ * file), validated (N or N:sticky, N >= 1), refused with --backend cpu, and starts
+ * when allowed.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -136,6 +139,21 @@ int main(void)
 	long_path[sizeof(long_path) - 1] = '\0';
 	bad("--socket", "--socket", long_path, NULL);
 	bad("--config", "--config", "/nonexistent/sparqd.conf", NULL);
+	/* test-only CUDA faults: refused unless fault injection is allowed, then validated */
+	bad("--cuda-fault: refused", "--cuda-fault", "3", NULL);
+	bad("--cuda-fault: refused", "--cuda-fault=1:sticky", NULL, NULL);
+	bad("--cuda-fault: '0'", "--allow-fault-injection", "--cuda-fault=0", NULL);
+	bad("--cuda-fault: 'x'", "--allow-fault-injection", "--cuda-fault=x", NULL);
+	bad("--cuda-fault: '-1'", "--allow-fault-injection", "--cuda-fault=-1", NULL);
+	bad("--cuda-fault: '3:often'", "--allow-fault-injection", "--cuda-fault=3:often", NULL);
+	bad("--cuda-fault: '4294967296'", "--allow-fault-injection", "--cuda-fault=4294967296",
+	    NULL);
+	bad("--cuda-fault: spec longer", "--allow-fault-injection",
+	    "--cuda-fault=1234567890123456789012345678901234", NULL);
+	bad("--cuda-fault: the CPU backend", "--backend=cpu", "--allow-fault-injection",
+	    "--cuda-fault=3");
+	write_file(cfg, "cuda-fault = 2\n");
+	bad("--cuda-fault: refused", "--config", cfg, NULL);
 	/* checked by the tier manager, after the directory exists: it goes again */
 	bad("--ram-bytes", "--ram-bytes", "1000T", NULL);
 
@@ -168,6 +186,11 @@ int main(void)
 	T_CHECK(stat(d.socket, &st) == 0 && (st.st_mode & 0777) == 0600,
 		"socket mode %o, the flag said 0600", st.st_mode & 0777);
 	T_CHECK(t_daemon_stop(&d) == 0, "sparqd did not stop cleanly");
+	/* allowed, it starts: the CUDA backend where one answers (auto), else a warning */
+	t_daemon_start(&d, d.dir, (const char *const[]){ "--backend", "auto",
+							  "--allow-fault-injection",
+							  "--cuda-fault", "2:sticky", NULL });
+	T_CHECK(t_daemon_stop(&d) == 0, "sparqd with --cuda-fault did not stop cleanly");
 	t_daemon_cleanup(&d);
 
 	/* a data directory path that is a plain file: a clear error, the file untouched */

@@ -503,6 +503,15 @@ int main(void)
 	CHECK(expo_get(e, "sparqd_tier_used_bytes{tier=\"ram\"}", &val) && val > 0,
 	      "ram used %g", val);
 	CHECK(expo_get(e, "sparqd_checksum_failures_total", &val) && val == 0, "crc %g", val);
+	/* the CPU backend has no CUDA work to fail: its health is all zero, but reported */
+	CHECK(expo_get(e, "sparqd_backend_cuda_errors_total", &val) && val == 0, "cuda errors %g",
+	      val);
+	CHECK(expo_get(e, "sparqd_backend_fallback_calls_total", &val) && val == 0,
+	      "fallback calls %g", val);
+	CHECK(expo_get(e, "sparqd_backend_fallback_items_total", &val) && val == 0,
+	      "fallback items %g", val);
+	CHECK(expo_get(e, "sparqd_backend_streams_lost", &val) && val == 0, "streams lost %g", val);
+	CHECK(expo_get(e, "sparqd_backend_degraded", &val) && val == 0, "degraded %g", val);
 	snprintf(key, sizeof(key), "sparqd_build_info{version=\"%s\",backend=\"cpu\",detail=",
 		 sparq_client_server_version(c));
 	CHECK(strstr(buf, key) != NULL, "build_info names version and backend");
