@@ -88,8 +88,9 @@ void sd_stats_backend_detail(struct sparq_backend *be, const char *base, char *o
 		snprintf(out, len, "%s", base);
 		return;
 	}
-	snprintf(out, len, "%s; CUDA errors: %llu, fallback: %llu calls (%llu items) on the CPU, "
-		 "%u streams moved there%s", base, (unsigned long long)h.cuda_errors,
-		 (unsigned long long)h.fallback_batches, (unsigned long long)h.fallback_items,
-		 h.streams_lost, h.degraded ? "; DEGRADED: every call on the CPU" : "");
+	/* first: clients keep 160 bytes of it (libsparq.h) and the base is long */
+	snprintf(out, len, "%sCUDA errors %llu, CPU fallback %llu calls/%llu items, %u streams "
+		 "moved; %s", h.degraded ? "DEGRADED (all on CPU); " : "",
+		 (unsigned long long)h.cuda_errors, (unsigned long long)h.fallback_batches,
+		 (unsigned long long)h.fallback_items, h.streams_lost, base);
 }

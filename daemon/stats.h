@@ -35,10 +35,10 @@ void sd_stats_record(struct sd_stats *st, enum sd_op op, int err, uint64_t ns);
 uint64_t sd_stats_quantile(const struct sd_stats *st, enum sd_op op, double q);
 
 /*
- * The Stats reply's backend detail: base (what the backend said at open) followed, once
- * the backend has met a CUDA error, by its live health: "; CUDA errors: E, fallback:
- * B calls (I items) on the CPU, L streams moved there" and "; DEGRADED: every call on
- * the CPU" (sparq_backend_health). Cut to fit len.
+ * The Stats reply's backend detail: base (what the backend said at open), preceded,
+ * once the backend has met a CUDA error, by its live health (sparq_backend_health):
+ * "[DEGRADED (all on CPU); ]CUDA errors E, CPU fallback B calls/I items, L streams
+ * moved; " — first, because clients keep only 160 bytes. Cut to fit len.
  */
 void sd_stats_backend_detail(struct sparq_backend *be, const char *base, char *out, size_t len);
 
