@@ -57,6 +57,7 @@
 #include "stream.h"
 
 #include "bench_ipc.h"
+#include "bench_trace.h"
 #include "bench_util.h"
 #ifdef SPARQ_BENCH_GPU
 #include "bench_gpu.h"
@@ -250,6 +251,9 @@ static void usage(FILE *f)
 		"           same call in-process: overhead p50/p99 next to the ping floor and\n"
 		"           the 20 us target, and a load run of concurrent clients\n"
 		"           (options: sparq-bench ipc --help)\n"
+		"  trace    replay a real model's decode trace (tools/eval --dump-traces DIR):\n"
+		"           SparQ vs dense step time, error, top-k recall and the overlap of\n"
+		"           consecutive selections (options: sparq-bench trace --help)\n"
 		"\n"
 		"options of kernel:\n"
 		"  --preset NAME        model geometry (default llama3-8b):\n");
@@ -3948,6 +3952,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "ipc") == 0)
 		return bench_ipc_main(argc - 2, argv + 2);
+	if (strcmp(argv[1], "trace") == 0)
+		return bench_trace_main(argc - 2, argv + 2);
 	if (strcmp(argv[1], "gpu") == 0) {
 		struct gpu_opts go;
 
@@ -3961,7 +3967,7 @@ int main(int argc, char **argv)
 		return run_gpu(&go) ? EXIT_RUNTIME : 0;
 	}
 	if (strcmp(argv[1], "kernel") != 0) {
-		usage_error("unknown mode '%s' (modes: kernel, tiers, gpu, ipc)", argv[1]);
+		usage_error("unknown mode '%s' (modes: kernel, tiers, gpu, ipc, trace)", argv[1]);
 		return EXIT_USAGE;
 	}
 	ret = parse_kernel_args(argc - 2, argv + 2, &o);
