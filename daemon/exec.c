@@ -391,6 +391,7 @@ static void reply_stats(struct sparqd *d, struct sd_client *c, uint64_t id)
 	Sparq__V1__StatsReply st = SPARQ__V1__STATS_REPLY__INIT;
 	Sparq__V1__OpStats ops[SD_OP_COUNT], *ptrs[SD_OP_COUNT];
 	struct tier_stats ts;
+	char detail[512];
 	size_t n = 0;
 
 	for (unsigned op = SD_OP_HELLO; op < SD_OP_COUNT; op++) {
@@ -407,7 +408,9 @@ static void reply_stats(struct sparqd *d, struct sd_client *c, uint64_t id)
 	}
 	tier_manager_stats(d->tm, &ts);
 	st.backend = (char *)sparq_backend_name(d->be);
-	st.backend_detail = d->backend_detail;
+	/* with the CUDA fallback counts in front once there are any (sparqctl stats shows them) */
+	sd_stats_backend_detail(d->be, d->backend_detail, detail, sizeof(detail));
+	st.backend_detail = detail;
 	st.clients = __atomic_load_n(&d->n_clients, __ATOMIC_RELAXED);
 	st.sessions = sd_sessions_count(&d->sessions);
 	st.n_ops = n;
