@@ -238,9 +238,9 @@ static double dense_check(uint32_t l, const float *y_dense)
 
 /* Overlap counters from the selections alone: sets compared step against step. */
 static void brute_overlap(const struct trace_layer_result *res, uint64_t *rows, uint64_t *prev,
-			  uint64_t *win)
+			  uint64_t *win, uint64_t *sc_rows, uint64_t *sc_prev)
 {
-	*rows = *prev = *win = 0;
+	*rows = *prev = *win = *sc_rows = *sc_prev = 0;
 	for (uint32_t i = 1; i < STEPS; i++) {
 		for (uint32_t h = 0; h < NKV; h++) {
 			const uint32_t *sel = res->sel + ((size_t)i * NKV + h) * res->sel_cap;
@@ -260,6 +260,11 @@ static void brute_overlap(const struct trace_layer_result *res, uint64_t *rows, 
 				(*rows)++;
 				*prev += in_prev;
 				*win += in_win;
+				/* scored rows: before the current position's window of l + 1 */
+				if (sel[s] + res->used.l + 1 < PREFILL + i + 1) {
+					(*sc_rows)++;
+					*sc_prev += in_prev;
+				}
 			}
 		}
 	}
@@ -294,7 +299,7 @@ static void test_replay(struct sparq_backend *be)
 	for (uint32_t l = 0; l < LAYERS; l++) {
 		struct trace_layer L;
 		struct trace_layer_result res;
-		uint64_t rows, prev, win, rn;
+		uint64_t rows, prev, win, sc_rows, sc_prev, rn;
 		double rsum;
 
 		T_CHECK(trace_layer_load(dir, &m, l, &L, err, sizeof(err)) == 0, "load: %s", err);
@@ -316,9 +321,10 @@ static void test_replay(struct sparq_backend *be)
 				res.rel_err[i]);
 		T_CHECK(res.recall_n == 0, "k >= S counted recall");
 		check_selections(&res, SEQ);
-		brute_overlap(&res, &rows, &prev, &win);
+		brute_overlap(&res, &rows, &prev, &win, &sc_rows, &sc_prev);
 		T_CHECK(rows == res.overlap_rows && prev == res.overlap_prev &&
-			win == res.overlap_window, "exact: overlap %lu/%lu/%lu, brute force %lu/%lu/%lu",
+			win == res.overlap_window && sc_rows == res.overlap_rows_scored &&
+			sc_prev == res.overlap_prev_scored, "exact: overlap %lu/%lu/%lu, brute force %lu/%lu/%lu",
 			(unsigned long)res.overlap_rows, (unsigned long)res.overlap_prev,
 			(unsigned long)res.overlap_window, (unsigned long)rows, (unsigned long)prev,
 			(unsigned long)win);
@@ -366,14 +372,17 @@ static void test_replay(struct sparq_backend *be)
 		T_CHECK(rn == res.recall_n && fabs(rsum - res.recall_sum) < 1e-9,
 			"layer %u: recall sum %.12f over %lu, brute force %.12f over %lu", l,
 			res.recall_sum, (unsigned long)res.recall_n, rsum, (unsigned long)rn);
-		brute_overlap(&res, &rows, &prev, &win);
+		brute_overlap(&res, &rows, &prev, &win, &sc_rows, &sc_prev);
 		T_CHECK(rows == res.overlap_rows && prev == res.overlap_prev &&
-			win == res.overlap_window, "sparse: overlap %lu/%lu/%lu, brute force %lu/%lu/%lu",
+			win == res.overlap_window && sc_rows == res.overlap_rows_scored &&
+			sc_prev == res.overlap_prev_scored, "sparse: overlap %lu/%lu/%lu, brute force %lu/%lu/%lu",
 			(unsigned long)res.overlap_rows, (unsigned long)res.overlap_prev,
 			(unsigned long)res.overlap_window, (unsigned long)rows, (unsigned long)prev,
 			(unsigned long)win);
+		/* k = 16, l = 4: 11 rows of each step are scoring's */
 		T_CHECK(rows == (uint64_t)(STEPS - 1) * NKV * 16 && prev <= win && win <= rows &&
-			prev > 0, "overlap counts %lu %lu %lu", (unsigned long)rows,
+			prev > 0 && sc_rows == (uint64_t)(STEPS - 1) * NKV * 11 && sc_prev <= prev,
+			"overlap counts %lu %lu %lu", (unsigned long)rows,
 			(unsigned long)prev, (unsigned long)win);
 		T_CHECK(res.slice_bytes > 0 && res.record_bytes < res.dense_bytes,
 			"sparse: bytes %lu + %lu vs dense %lu", (unsigned long)res.slice_bytes,

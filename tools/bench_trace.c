@@ -60,7 +60,8 @@
 #define TRACE_CSV_HEADER "backend,trace,layer,steps,S,r,k,sparq_p50_ms,sparq_p90_ms," \
 			 "dense_p50_ms,dense_p90_ms,speedup_vs_dense,sparq_bytes_per_step," \
 			 "dense_bytes_per_step,byte_ratio,floor_ms,ratio_floor,rel_err_mean," \
-			 "rel_err_max,topk_recall,overlap_prev,overlap_last4,cache_hit_rate"
+			 "rel_err_max,topk_recall,overlap_prev,overlap_last4,overlap_prev_scored," \
+			 "cache_hit_rate"
 
 /* "reason" into err (err_len may be 0). */
 __attribute__((format(printf, 3, 4)))
@@ -992,10 +993,15 @@ int trace_replay_layer(struct sparq_backend *be, const struct trace_meta *m,
 			for (uint32_t s = 0; s < it->n_sel; s++) {
 				uint32_t j = it->sel[s];
 				if (i > 0) {
+					bool prev = last[j] == (int32_t)i - 1;
 					res->overlap_rows++;
-					res->overlap_prev += last[j] == (int32_t)i - 1;
+					res->overlap_prev += prev;
 					res->overlap_window += last[j] >= 0 &&
 							       last[j] >= (int32_t)i - (int32_t)TRACE_OVERLAP_WINDOW;
+					if ((uint64_t)j + it->used.l + 1 < len) {
+						res->overlap_rows_scored++;
+						res->overlap_prev_scored += prev;
+					}
 				}
 				last[j] = (int32_t)i;
 			}
@@ -1216,7 +1222,7 @@ struct trace_row {
 	uint32_t steps, r, k;
 	double sq_p50, sq_p90, dn_p50, dn_p90, speedup;
 	double sq_bytes, dn_bytes, byte_ratio, floor_ms, x_floor;
-	double err_mean, err_max, recall, ovl_prev, ovl_win, cache_hit;
+	double err_mean, err_max, recall, ovl_prev, ovl_win, ovl_scored, cache_hit;
 	bool has_recall, has_overlap, has_cache;
 };
 
@@ -1225,7 +1231,7 @@ struct trace_total {
 	uint64_t *sq_ns, *dn_ns;   /* [layers × steps] */
 	uint32_t n;
 	double err_sum, err_max, recall_sum;
-	uint64_t recall_n, ovl_rows, ovl_prev, ovl_win, cache_rows, cache_hits;
+	uint64_t recall_n, ovl_rows, ovl_prev, ovl_win, sc_rows, sc_prev, cache_rows, cache_hits;
 	uint64_t sq_bytes, dn_bytes;
 };
 
@@ -1236,8 +1242,8 @@ static double ratio_of(double a, double b)
 
 static void row_fill(struct trace_row *w, uint64_t *sq, uint64_t *dn, uint32_t n, double err_sum,
 		     double err_max, double recall_sum, uint64_t recall_n, uint64_t rows,
-		     uint64_t prev, uint64_t win, uint64_t c_rows, uint64_t c_hits, uint64_t sq_b,
-		     uint64_t dn_b, double read_gbs)
+		     uint64_t prev, uint64_t win, uint64_t sc_rows, uint64_t sc_prev,
+		     uint64_t c_rows, uint64_t c_hits, uint64_t sq_b, uint64_t dn_b, double read_gbs)
 {
 	w->sq_p50 = bench_median(sq, n) / 1e6;
 	w->sq_p90 = bench_percentile(sq, n, 90.0) / 1e6;
@@ -1257,6 +1263,7 @@ static void row_fill(struct trace_row *w, uint64_t *sq, uint64_t *dn, uint32_t n
 	w->has_overlap = rows > 0;
 	w->ovl_prev = w->has_overlap ? (double)prev / (double)rows : 0.0;
 	w->ovl_win = w->has_overlap ? (double)win / (double)rows : 0.0;
+	w->ovl_scored = sc_rows ? (double)sc_prev / (double)sc_rows : 0.0;
 	w->has_cache = c_rows > 0;
 	w->cache_hit = w->has_cache ? (double)c_hits / (double)c_rows : 0.0;
 }
@@ -1312,6 +1319,7 @@ static void csv_row(struct bench_csv *c, const struct trace_opts *o, const struc
 	bench_csv_num(c, w->has_recall, w->recall);
 	bench_csv_num(c, w->has_overlap, w->ovl_prev);
 	bench_csv_num(c, w->has_overlap, w->ovl_win);
+	bench_csv_num(c, w->has_overlap, w->ovl_scored);
 	bench_csv_num(c, w->has_cache, w->cache_hit);
 	bench_csv_end_row(c);
 }
@@ -1433,6 +1441,8 @@ static int run(const struct trace_opts *o)
 		tot.ovl_rows += res.overlap_rows;
 		tot.ovl_prev += res.overlap_prev;
 		tot.ovl_win += res.overlap_window;
+		tot.sc_rows += res.overlap_rows_scored;
+		tot.sc_prev += res.overlap_prev_scored;
 		tot.cache_rows += res.cache_rows;
 		tot.cache_hits += res.cache_hits;
 		tot.sq_bytes += res.slice_bytes + res.record_bytes;
@@ -1444,7 +1454,7 @@ static int run(const struct trace_opts *o)
 		w.k = res.used.k;
 		row_fill(&w, res.sparq_ns, res.dense_ns, m.steps, err_sum, err_max, res.recall_sum,
 			 res.recall_n, res.overlap_rows, res.overlap_prev, res.overlap_window,
-			 res.cache_rows, res.cache_hits, res.slice_bytes + res.record_bytes,
+			 res.overlap_rows_scored, res.overlap_prev_scored, res.cache_rows, res.cache_hits, res.slice_bytes + res.record_bytes,
 			 res.dense_bytes, bw.read_gbs);
 		print_row(stdout, &w);
 		fflush(stdout);
@@ -1456,7 +1466,8 @@ static int run(const struct trace_opts *o)
 	struct trace_row all = { .steps = m.steps, .r = res_end.r, .k = res_end.k };
 	snprintf(all.name, sizeof(all.name), "all");
 	row_fill(&all, tot.sq_ns, tot.dn_ns, tot.n, tot.err_sum, tot.err_max, tot.recall_sum,
-		 tot.recall_n, tot.ovl_rows, tot.ovl_prev, tot.ovl_win, tot.cache_rows,
+		 tot.recall_n, tot.ovl_rows, tot.ovl_prev, tot.ovl_win, tot.sc_rows, tot.sc_prev,
+		 tot.cache_rows,
 		 tot.cache_hits, tot.sq_bytes, tot.dn_bytes, bw.read_gbs);
 	print_row(stdout, &all);
 	if (o->csv)
@@ -1491,6 +1502,9 @@ static int run(const struct trace_opts *o)
 		printf("  selection overlap (row-cache hit rate): %.4f of the rows selected at step t "
 		       "were selected at t-1, %.4f within the last %u steps (%" PRIu64 " lookups)\n",
 		       all.ovl_prev, all.ovl_win, TRACE_OVERLAP_WINDOW, tot.ovl_rows);
+	if (tot.sc_rows)
+		printf("  of the rows scoring chose (outside the local window of l + 1): %.4f "
+		       "selected at t-1 too\n", all.ovl_scored);
 	if (all.has_cache)
 		printf("  backend row cache: %" PRIu64 " of %" PRIu64 " rows hit (%.4f)\n",
 		       tot.cache_hits, tot.cache_rows, all.cache_hit);

@@ -87,6 +87,9 @@ struct trace_layer_result {
 	 * selected at the previous step / at one of the TRACE_OVERLAP_WINDOW previous ones,
 	 * summed over KV heads */
 	uint64_t overlap_rows, overlap_prev, overlap_window;
+	/* the same two counts for the rows outside the local window (positions before the
+	 * last l + 1, which every step selects anyway): what scoring chose */
+	uint64_t overlap_rows_scored, overlap_prev_scored;
 	uint64_t slice_bytes, record_bytes;   /* SparQ calls, backend stats */
 	uint64_t dense_bytes;                 /* dense calls: slice + record bytes */
 	uint64_t cache_rows, cache_hits;      /* backend row cache (CUDA v2), SparQ calls */
