@@ -124,14 +124,8 @@ static struct tier_manager *rp_manager(const char *dir, struct rp_crash *crash)
 	struct tier_manager *m;
 	const char *why = "";
 
-	tier_manager_defaults(&cfg);
-	cfg.dir = dir;
-	cfg.chunk_bytes = CHUNK;
-	cfg.ram_bytes = 4ull * CHUNK;  /* growing demotes: some old chunks are on NVMe only */
-	cfg.nvme_bytes = 1ull << 30;
-	cfg.staging_bytes = 1u << 20;
-	cfg.huge_pages = false;
-	cfg.queue_depth = 32;
+	/* 4 RAM chunks: growing demotes, so some old chunks are on NVMe only */
+	t_manager_config(&cfg, dir, CHUNK, 4, 1ull << 30);
 	cfg.park_step = crash ? rp_step : NULL;
 	cfg.step_user = crash;
 	if (tier_manager_open(&cfg, &m, &why))

@@ -82,6 +82,20 @@ static inline void t_rmdir(const char *dir)
 
 /* A manager on dir with ram_chunks chunks of RAM; exits 77 when the directory refuses
  * O_DIRECT or the kernel refuses io_uring. */
+/* The tests' tier settings: small chunks, no huge pages, a modest queue. */
+static inline void t_manager_config(struct tier_manager_config *cfg, const char *dir,
+				    uint32_t chunk_bytes, uint32_t ram_chunks, uint64_t nvme_bytes)
+{
+	tier_manager_defaults(cfg);
+	cfg->dir = dir;
+	cfg->chunk_bytes = chunk_bytes;
+	cfg->ram_bytes = (uint64_t)chunk_bytes * ram_chunks;
+	cfg->nvme_bytes = nvme_bytes;
+	cfg->staging_bytes = chunk_bytes > (1u << 20) ? chunk_bytes : (1u << 20);
+	cfg->huge_pages = false;
+	cfg->queue_depth = 32;
+}
+
 static inline struct tier_manager *t_manager(const char *dir, uint32_t chunk_bytes,
 					     uint32_t ram_chunks, uint64_t nvme_bytes,
 					     void (*log)(void *, enum tier_log_level, const char *),
@@ -91,14 +105,7 @@ static inline struct tier_manager *t_manager(const char *dir, uint32_t chunk_byt
 	struct tier_manager *m;
 	const char *why = "";
 
-	tier_manager_defaults(&cfg);
-	cfg.dir = dir;
-	cfg.chunk_bytes = chunk_bytes;
-	cfg.ram_bytes = (uint64_t)chunk_bytes * ram_chunks;
-	cfg.nvme_bytes = nvme_bytes;
-	cfg.staging_bytes = chunk_bytes > (1u << 20) ? chunk_bytes : (1u << 20);
-	cfg.huge_pages = false;
-	cfg.queue_depth = 32;
+	t_manager_config(&cfg, dir, chunk_bytes, ram_chunks, nvme_bytes);
 	cfg.log = log;
 	cfg.log_user = log_user;
 	int ret = tier_manager_open(&cfg, &m, &why);
