@@ -11,6 +11,7 @@
 #ifndef SPARQ_STORE_H
 #define SPARQ_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,9 +41,13 @@ struct sparq_store_ops {
 	int (*gather)(void *ctx, const struct sparq_gather *g, uint32_t n);
 	/*
 	 * Optional (NULL where records are not byte-addressable, e.g. on NVMe): the address
-	 * of record pos in memory and, in *n_run, how many consecutive records follow it
-	 * there. Lets RAM tiers be read in place (CPU exact step, GPU zero-copy gather).
-	 * Valid until the stream is next written or closed.
+	 * of record pos in memory and, in *n_run, how many records lie back to back from
+	 * it there (pos and the n_run - 1 after it, each record_bytes further on). Lets RAM
+	 * tiers be read in place (CPU exact step, GPU zero-copy gather). NULL for a
+	 * position past the stream's end or not in memory now.
+	 * Without a hold op (heap stores) an address is valid until the stream is next
+	 * written or closed. With one, only while the stream is held (below): records of a
+	 * store with hold may move at any moment otherwise.
 	 */
 	const void *(*addr)(void *ctx, struct sparq_store_stream *s, uint32_t pos,
 			    uint32_t *n_run);
@@ -53,6 +58,27 @@ struct sparq_store_ops {
 	 * large ranges once, never per request). Returns 0, or -ENODATA if there is none.
 	 */
 	int (*region)(void *ctx, void **base, size_t *bytes);
+	/*
+	 * Optional, in pairs (NULL where addr, when present, is always valid, as in the
+	 * heap stores). A store whose records move between memory and elsewhere (the tier
+	 * manager: chunks demoted to NVMe by other streams' appends) pins a stream with it:
+	 *  - hold returns 0 when every record of s (positions < its length now) is in
+	 *    memory, and promises that from then until the matching release, addr returns
+	 *    for each of them the same valid address, and the bytes there stay the
+	 *    record's. Holds nest (a count per stream): the promise lasts until the last
+	 *    release. A hold does no I/O and takes time in the stream's chunk count, not
+	 *    its record count.
+	 *  - hold returns -EAGAIN, taking nothing, when some record of s is not in memory:
+	 *    the caller copies that stream's records with gather for this call instead.
+	 *  - While s is held, a write that would rewrite or cut a held record (pos below
+	 *    the length) fails with -EBUSY and changes nothing; appends are allowed (the
+	 *    records they add are not covered by a hold taken before them).
+	 *  - Closing a stream ends its holds with it: a caller must not close a stream
+	 *    while it still reads the stream's records, nor release a closed stream.
+	 * release undoes one successful hold of s.
+	 */
+	int (*hold)(void *ctx, struct sparq_store_stream *s);
+	void (*release)(void *ctx, struct sparq_store_stream *s);
 	void (*destroy)(void *ctx);
 };
 
@@ -78,6 +104,25 @@ int sparq_store_heap_create_region(uint32_t chunk_records, uint64_t capacity_byt
 				   struct sparq_store **out);
 /* Bytes of chunk memory the heap store holds now. */
 uint64_t sparq_store_heap_used(const struct sparq_store *st);
+
+/*
+ * For a caller about to read s's records for one call: true when it may read them in
+ * place with addr (*held is then set when a hold was taken, to be released after the
+ * call's last read of them), false when it must copy them with gather.
+ */
+static inline bool sparq_store_in_place(const struct sparq_store *st,
+					struct sparq_store_stream *s, bool *held)
+{
+	*held = false;
+	if (!st->ops->addr)
+		return false;
+	if (!st->ops->hold)
+		return true;
+	if (st->ops->hold(st->ctx, s))
+		return false;
+	*held = true;
+	return true;
+}
 
 static inline void sparq_store_destroy(struct sparq_store *st)
 {

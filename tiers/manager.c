@@ -62,6 +62,8 @@ struct sparq_store_stream {
 	bool parked;            /* a manifest entry references its file */
 	uint32_t parked_len;    /* records [0, parked_len) are what that entry describes:
 				   never rewritten nor cut while it stands */
+	uint32_t holds;         /* store hold count: while > 0 no chunk of it is demoted
+				   and its records are not rewritten nor cut */
 	struct sparq_store_stream *next_open;
 };
 
@@ -249,13 +251,16 @@ static void chunk_release(struct tier_manager *m, struct chunk *c)
 	m->st.ram_used -= m->cfg.chunk_bytes;
 }
 
-/* Demotes the least recently used chunk other than keep. -ENOSPC when none can go. */
+/*
+ * Demotes the least recently used chunk other than keep and those of held streams
+ * (a reader has their addresses). -ENOSPC when none can go.
+ */
 static int demote_one(struct tier_manager *m, const struct chunk *keep)
 {
 	struct chunk *c = m->lru.prev;
 	int ret;
 
-	while (c != &m->lru && c == keep)
+	while (c != &m->lru && (c == keep || c->owner->holds))
 		c = c->prev;
 	if (c == &m->lru)
 		return -ENOSPC;
@@ -502,8 +507,9 @@ static int mgr_write(void *ctx, struct sparq_store_stream *s, uint32_t pos, uint
 	if (pos > s->len)
 		return -EINVAL;
 	pthread_mutex_lock(&m->mu);
-	/* the parked copy's records stay as its checksums say (a re-park relies on it) */
-	if (pos < s->parked_len) {
+	/* the parked copy's records stay as its checksums say (a re-park relies on it);
+	 * a held stream's records stay where its reader has their addresses */
+	if (pos < s->parked_len || (s->holds && pos < s->len)) {
 		ret = -EBUSY;
 		goto out;
 	}
@@ -657,6 +663,80 @@ out:
 	return ret;
 }
 
+/*
+ * In place (store.h addr): within a slot records lie back to back, record_bytes apart
+ * (record_in_slot), so the run is the rest of the chunk's filled records; the NVMe
+ * unit padding exists only in the files. The lock keeps the chunk table steady
+ * against a concurrent append; the hold is what keeps the slot.
+ */
+static const void *mgr_addr(void *ctx, struct sparq_store_stream *s, uint32_t pos,
+			    uint32_t *n_run)
+{
+	struct tier_manager *m = ctx;
+	const void *a = NULL;
+
+	pthread_mutex_lock(&m->mu);
+	if (pos < s->len) {
+		const struct chunk *c = s->chunks[pos / s->chunk_records];
+		uint32_t r = pos % s->chunk_records;
+
+		if (c->slot != TIER_ARENA_NO_SLOT && r < c->filled) {
+			a = record_in_slot(m, c, r);
+			*n_run = c->filled - r;
+		}
+	}
+	pthread_mutex_unlock(&m->mu);
+	return a;
+}
+
+/* Every slot lives in the arena, reserved at open and released at close. */
+static int mgr_region(void *ctx, void **base, size_t *bytes)
+{
+	struct tier_manager *m = ctx;
+
+	tier_arena_region(m->arena, base, bytes);
+	return 0;
+}
+
+/*
+ * A look at each chunk's slot, no I/O: a stream with a chunk on NVMe is copied by its
+ * reader (gather reads only the selected records from there; promoting the stream
+ * whole would read all of them). A held stream's chunks move to the front of the LRU,
+ * as a gather's reads would have moved them.
+ */
+static int mgr_hold(void *ctx, struct sparq_store_stream *s)
+{
+	struct tier_manager *m = ctx;
+	uint32_t n_chunks;
+	int ret = 0;
+
+	pthread_mutex_lock(&m->mu);
+	n_chunks = (uint32_t)(((uint64_t)s->len + s->chunk_records - 1) / s->chunk_records);
+	for (uint32_t ci = 0; ci < n_chunks; ci++)
+		if (s->chunks[ci]->slot == TIER_ARENA_NO_SLOT) {
+			ret = -EAGAIN;
+			m->st.hold_misses++;
+			goto out;
+		}
+	for (uint32_t ci = n_chunks; ci-- > 0;)
+		lru_touch(m, s->chunks[ci]);
+	s->holds++;
+	m->st.holds++;
+out:
+	pthread_mutex_unlock(&m->mu);
+	return ret;
+}
+
+static void mgr_release(void *ctx, struct sparq_store_stream *s)
+{
+	struct tier_manager *m = ctx;
+
+	pthread_mutex_lock(&m->mu);
+	if (s->holds)
+		s->holds--;
+	pthread_mutex_unlock(&m->mu);
+}
+
 static void mgr_destroy(void *ctx)
 {
 	tier_manager_close(ctx);
@@ -668,7 +748,20 @@ static const struct sparq_store_ops mgr_ops = {
 	.stream_close = mgr_stream_close,
 	.write = mgr_write,
 	.gather = mgr_gather,
-	.addr = NULL, /* chunks move under the caller's feet: copies only */
+	.addr = mgr_addr,
+	.region = mgr_region,
+	.hold = mgr_hold,
+	.release = mgr_release,
+	.destroy = mgr_destroy,
+};
+
+/* in_place off (the baseline): every record leaves the manager as a copy */
+static const struct sparq_store_ops mgr_copy_ops = {
+	.name = "tiers",
+	.stream_open = mgr_stream_open,
+	.stream_close = mgr_stream_close,
+	.write = mgr_write,
+	.gather = mgr_gather,
 	.destroy = mgr_destroy,
 };
 
@@ -1299,7 +1392,7 @@ void tier_manager_defaults(struct tier_manager_config *cfg)
 	*cfg = (struct tier_manager_config){
 		.numa_node = -1, .ram_bytes = 1ull << 30, .huge_pages = true,
 		.dir = "sparqd-data", .nvme_bytes = 16ull << 30, .queue_depth = 128,
-		.staging_bytes = 4u << 20, .chunk_bytes = 512u << 10,
+		.staging_bytes = 4u << 20, .chunk_bytes = 512u << 10, .in_place = true,
 	};
 }
 
@@ -1465,7 +1558,7 @@ int tier_manager_open(const struct tier_manager_config *cfg, struct tier_manager
 		reason = "cannot read the data directory";
 		goto err;
 	}
-	m->pub.ops = &mgr_ops;
+	m->pub.ops = cfg->in_place ? &mgr_ops : &mgr_copy_ops;
 	m->pub.ctx = m;
 	*out = m;
 	return 0;

@@ -14,9 +14,16 @@
  *   Re-parking a grown session replaces its entry in that same rename: a crash leaves
  *   the old copy or the new one, never neither.
  *
+ * - In place (store.h addr, region, hold, release; issue 5): a reader holds a stream
+ *   whose chunks are all in RAM and reads its records where they lie in the arena,
+ *   whose one region a GPU registers once. No chunk of a held stream is demoted; when
+ *   only such chunks are left, an append that needs a slot fails with -ENOSPC (and
+ *   keeps every record it had). A stream with a chunk on NVMe is not held (-EAGAIN):
+ *   its reader gathers copies, reading only the selected records from the device.
+ *   With in_place off the store has none of these ops and copies every record.
+ *
  * Thread-safety: every call takes the manager's lock; streams may be used from any
- * thread. The store has no in-place address op: a chunk may be demoted at any moment,
- * so records always leave the manager as copies.
+ * thread.
  */
 #ifndef SPARQ_TIERS_MANAGER_H
 #define SPARQ_TIERS_MANAGER_H
@@ -42,6 +49,9 @@ struct tier_manager_config {
 	uint32_t staging_bytes;   /* registered staging buffer for record reads */
 	/* layout */
 	uint32_t chunk_bytes;     /* bytes per chunk (a multiple of 4096), the unit of placement */
+	/* readers may hold RAM-resident streams and read records in place (store.h hold);
+	 * false: the store has no addr/region/hold and every record is copied out */
+	bool in_place;
 	/* where log lines go (may be NULL: silent) */
 	void (*log)(void *user, enum tier_log_level level, const char *msg);
 	void *log_user;
@@ -52,7 +62,7 @@ struct tier_manager_config {
 };
 
 /* Fills cfg with defaults: local node, 1 GiB RAM, ./sparqd-data, 16 GiB NVMe, queue
- * depth 128, 4 MiB staging, 512 KiB chunks, huge pages on, no log. */
+ * depth 128, 4 MiB staging, 512 KiB chunks, huge pages on, in place on, no log. */
 void tier_manager_defaults(struct tier_manager_config *cfg);
 
 /*
@@ -137,6 +147,7 @@ struct tier_stats {
 	uint64_t nvme_gather_bytes, nvme_gather_requested; /* read amplification of gathers */
 	uint64_t demotions, promotions, parks, resumes;
 	uint64_t checksum_failures;
+	uint64_t holds, hold_misses;   /* streams held for in-place reads; refused (-EAGAIN) */
 	int numa_node;
 	uint32_t io_align;
 };
