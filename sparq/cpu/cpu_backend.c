@@ -64,6 +64,9 @@ struct item_work {
 	bool dense;          /* every visible position is selected: exact dense attention */
 	bool per_head;       /* per-head logits are needed (the blend's softmax mass) */
 	bool gathered;       /* its rows were fetched by gather_batched */
+	bool fetch;          /* the call reads records (not select-only) */
+	bool in_place;       /* records read where they lie (store addr), else copied */
+	bool held;           /* in_place under a store hold: released at the call's end */
 	float *q_comp;       /* [g][r] q_h[i1] / τ_h, or [1][r] their sum over heads */
 	uint32_t *comp;      /* [r] */
 	float *z;            /* [g][S_pad] per-head approximate logits (per_head only) */
@@ -75,7 +78,7 @@ struct item_work {
 	uint32_t *cand;      /* [3S] select scratch */
 	float *alpha;        /* [g] */
 	const void **rows;   /* [n_sel] record addresses */
-	uint8_t *gbuf;       /* [n_sel][rec_bytes] when the store is not addressable */
+	uint8_t *gbuf;       /* [n_sel][rec_bytes] when the records are copied */
 	float *w;            /* [g][n_sel] exact logits, then weights */
 	float *qs;           /* [g][d] q / sqrt(d) */
 	uint8_t *mbuf;       /* [MASK_BATCH][rec_bytes] masked rows for the mean */
@@ -366,11 +369,12 @@ static void phase_select(struct call *c, struct item_work *w)
 	}
 }
 
-/* Record addresses for pos[0..n): in place when the store is addressable, else copied. */
-static int fetch_rows(struct sparq_store *st, struct sparq_store_stream *rs, const uint32_t *pos,
-		      uint32_t n, uint32_t rec_bytes, const void **rows, uint8_t *buf)
+/* Record addresses for pos[0..n): in place (the item's in_place), else copied to buf. */
+static int fetch_rows(struct sparq_store *st, struct sparq_store_stream *rs, bool in_place,
+		      const uint32_t *pos, uint32_t n, uint32_t rec_bytes, const void **rows,
+		      uint8_t *buf)
 {
-	if (st->ops->addr) {
+	if (in_place) {
 		for (uint32_t i = 0; i < n;) {
 			uint32_t run = 0;
 			const uint8_t *a = st->ops->addr(st->ctx, rs, pos[i], &run);
@@ -396,16 +400,16 @@ static int fetch_rows(struct sparq_store *st, struct sparq_store_stream *rs, con
 static void phase_gather(struct call *c, struct item_work *w)
 {
 	(void)c;
-	w->ret = fetch_rows(w->store, sparq_stream_records(w->it->stream), w->sel, w->n_sel,
-			    w->rec_bytes, w->rows, w->gbuf);
+	w->ret = fetch_rows(w->store, sparq_stream_records(w->it->stream), w->in_place, w->sel,
+			    w->n_sel, w->rec_bytes, w->rows, w->gbuf);
 	if (w->ret)
 		w->why = "record store gather failed";
 }
 
 /*
- * Stores that copy (NVMe behind them) get one gather per store for the whole call, so
- * the reads of every stream of the layer are in flight together; addressable stores
- * are resolved item by item on the pool.
+ * Items whose records are copied (NVMe behind them) get one gather per store for the
+ * whole call, so the reads of every stream of the layer are in flight together; items
+ * read in place are resolved item by item on the pool.
  */
 static int gather_batched(struct item_work *w, uint32_t n)
 {
@@ -418,10 +422,10 @@ static int gather_batched(struct item_work *w, uint32_t n)
 		struct sparq_store *st = w[i].store;
 		uint32_t ng = 0;
 
-		if (st->ops->addr || w[i].gathered)
-			continue; /* addressable, or already gathered with an earlier store */
+		if (w[i].in_place || w[i].gathered)
+			continue; /* read in place, or already gathered with an earlier item */
 		for (uint32_t j = i; j < n; j++) {
-			if (w[j].store != st)
+			if (w[j].store != st || w[j].in_place)
 				continue;
 			g[ng++] = (struct sparq_gather){ .stream = sparq_stream_records(w[j].it->stream),
 							 .pos = w[j].sel, .n = w[j].n_sel,
@@ -433,7 +437,7 @@ static int gather_batched(struct item_work *w, uint32_t n)
 		ret = st->ops->gather(st->ctx, g, ng);
 		if (ret) {
 			for (uint32_t j = i; j < n; j++)
-				if (w[j].store == st) {
+				if (w[j].store == st && !w[j].in_place) {
 					w[j].ret = ret;
 					w[j].why = "record store gather failed";
 				}
@@ -460,8 +464,8 @@ static int visible_mean(struct item_work *w, float *vbar)
 		if (j < w->S && sparq_excluded(ex, j))
 			w->mpos[nm++] = j;
 		if (nm == MASK_BATCH || (j == w->S && nm)) {
-			int ret = fetch_rows(w->store, sparq_stream_records(s), w->mpos, nm,
-					     w->rec_bytes, w->mrows, w->mbuf);
+			int ret = fetch_rows(w->store, sparq_stream_records(s), w->in_place,
+					     w->mpos, nm, w->rec_bytes, w->mrows, w->mbuf);
 			if (ret)
 				return ret;
 			for (uint32_t t = 0; t < nm; t++) {
@@ -528,7 +532,7 @@ static void run_gather(void *arg, uint32_t t, uint32_t worker)
 {
 	struct call *c = arg;
 	(void)worker;
-	if (c->w[t].store->ops->addr)
+	if (c->w[t].in_place)
 		phase_gather(c, &c->w[t]);
 }
 
@@ -587,12 +591,12 @@ static size_t layout_item(struct item_work *w, uint8_t *base)
 		if (w->per_head)
 			CARVE(z, (size_t)g * w->S_pad);
 	}
-	if (!w->store->ops->addr)
+	if (w->fetch && !w->in_place)
 		CARVE(gbuf, (size_t)n_sel * w->rec_bytes);
 	if (w->it->exclude) {
 		CARVE(mpos, MASK_BATCH);
 		CARVE(mrows, MASK_BATCH);
-		if (!w->store->ops->addr)
+		if (w->fetch && !w->in_place)
 			CARVE(mbuf, (size_t)MASK_BATCH * w->rec_bytes);
 	}
 #undef CARVE
@@ -639,6 +643,13 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 		iw->n_vis = count_visible(it->exclude, iw->S);
 		iw->dense = iw->n_vis <= it->used.k;
 		iw->per_head = !iw->dense && it->used.blend;
+		/* in place or copied is settled per item before the scratch is laid out; a
+		 * hold taken here lasts to the end of the call (released at out) */
+		iw->fetch = b->mode != SPARQ_ATTEND_SELECT;
+		if (iw->fetch)
+			iw->in_place = sparq_store_in_place(iw->store,
+							    sparq_stream_records(it->stream),
+							    &iw->held);
 		total += layout_item(iw, NULL);
 	}
 
@@ -702,6 +713,10 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 	}
 out:
 	pthread_mutex_unlock(&cx->mu);
+	for (uint32_t i = 0; i < b->n; i++)
+		if (w[i].held)
+			w[i].store->ops->release(w[i].store->ctx,
+						 sparq_stream_records(w[i].it->stream));
 	free(w);
 	return ret;
 }
