@@ -7,9 +7,12 @@
  *
  * Fetch, per record store:
  *  A. stores with a fixed host region (store.h region op): the region is registered
- *     with CUDA once, at first use, and a gather kernel reads the rows in place;
- *  B. every other store: one batched store gather for the whole call into a pinned
- *     staging buffer, then one copy of that buffer to the GPU.
+ *     with CUDA once, at first use, and a gather kernel reads the rows in place. In a
+ *     store whose records move (store.h hold: the tier manager, whose region is its
+ *     RAM arena) only streams held for the call are read so, and the holds end after
+ *     the call's final synchronization;
+ *  B. every other store or stream: one batched store gather for the whole call into a
+ *     pinned staging buffer, then one copy of that buffer to the GPU.
  * Both end in the same device rows buffer and the same exact-attention kernel.
  *
  * Streams whose slices did not fit in the GPU budget are served by an internal CPU
@@ -62,6 +65,7 @@ struct plan {
 	uint32_t index;             /* in the caller's batch */
 	struct sparq_store *store;
 	struct cu_region *region;   /* zero-copy source, NULL: staging */
+	bool held;                  /* region under a store hold, released at the call's end */
 	uint32_t S, d, g, r, n_vis, sel_cap, rec_bytes, n_tiles, w_start, m;
 	bool dense, per_head;
 	size_t o_q, o_mask, o_comp, o_sel, o_alpha, o_info, o_vbar, o_y, o_rows;
@@ -207,6 +211,38 @@ static struct cu_region *region_for(struct cu_ctx *cx, struct sparq_store *st)
 	/* remembered either way: a region that cannot be mapped is staged, not retried */
 	cudaGetLastError();
 	return r->dev ? r : NULL;
+}
+
+/*
+ * The zero-copy source of an item for this call: its store's registered region, when
+ * its records may be read in place until the call ends (held, where the store holds;
+ * a stream the store cannot hold now is staged). A select-only call reads no records
+ * and holds nothing.
+ */
+static void choose_source(struct cu_ctx *cx, struct plan *p, bool full)
+{
+	p->held = false;
+	p->region = region_for(cx, p->store);
+	if (p->region && full &&
+	    !sparq_store_in_place(p->store, sparq_stream_records(p->it->stream), &p->held))
+		p->region = NULL;
+}
+
+/*
+ * Ends the holds of a call's items. Only once no kernel of the call can still read
+ * their records: after its final synchronization; a validation error stops before the
+ * launches that read records or after that synchronization, and a CUDA error has been
+ * waited for by note_failure (context_lost synchronizes the stream).
+ */
+static void release_holds(struct plan *pl, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		if (!pl[i].held)
+			continue;
+		pl[i].store->ops->release(pl[i].store->ctx,
+					  sparq_stream_records(pl[i].it->stream));
+		pl[i].held = false;
+	}
 }
 
 /*
@@ -565,7 +601,7 @@ static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	int ret = 0;
 
 	for (uint32_t i = 0; i < n; i++)
-		pl[i].region = region_for(cx, pl[i].store);
+		choose_source(cx, &pl[i], b->mode != SPARQ_ATTEND_SELECT);
 	layout_call(pl, n, &L);
 	ret = ensure_buffers(cx, &L);
 	if (ret) {
@@ -986,7 +1022,7 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 
 	for (uint32_t i = 0; i < n; i++) {
 		struct plan *p = &pl[i];
-		p->region = region_for(cx, p->store);
+		choose_source(cx, p, full);
 		staged |= full && !p->region;
 		p->rc = NULL;
 		if (full && p->region && !cx->rc_off && p->rec_bytes % 16 == 0) {
@@ -1406,6 +1442,8 @@ static int cu_attend(void *ctx, struct sparq_attend_batch *b)
 	if (n_cpu)
 		ret = attend_cpu(cx, b, cpu_idx, n_cpu);
 out:
+	/* every path: the GPU part has synchronized or been waited for (release_holds) */
+	release_holds(pl, n_gpu);
 	pthread_mutex_unlock(&cx->mu);
 	free(pl);
 	free(cpu_idx);
