@@ -15,7 +15,7 @@
 #include "sparq.h"
 
 enum opt_kind { OPT_PATH, OPT_SOCKET, OPT_MODE, OPT_BACKEND, OPT_U32, OPT_SIZE, OPT_SIZE32,
-		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT, OPT_CUDA_FAULT };
+		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT, OPT_CUDA_FAULT, OPT_READS };
 
 struct opt {
 	const char *name;
@@ -39,6 +39,7 @@ static const struct opt opts[] = {
 	{ "ram-bytes", OPT_SIZE, OFF(ram_bytes), 1ull << 20, 1ull << 50, "SIZE: host RAM tier (1G)" },
 	{ "nvme-bytes", OPT_SIZE, OFF(nvme_bytes), 1ull << 20, 1ull << 56, "SIZE: NVMe tier (16G)" },
 	{ "chunk-bytes", OPT_SIZE32, OFF(chunk_bytes), 4096, 64ull << 20, "SIZE: placement unit, a multiple of 4K (512K)" },
+	{ "record-reads", OPT_READS, OFF(in_place), 0, 0, "in-place|copy: attend reads RAM-resident records where they lie (zero-copy on the GPU) or copies them out (in-place)" },
 	{ "shm-bytes", OPT_SIZE, OFF(shm_bytes), SPARQ_SHM_DATA_MIN, SPARQ_SHM_DATA_MAX, "SIZE: default data area per client (64M)" },
 	{ "ring-entries", OPT_U32, OFF(ring_entries), SPARQ_SHM_RING_MIN, SPARQ_SHM_RING_MAX, "N: ring entries, a power of two (256)" },
 	{ "max-clients", OPT_U32, OFF(max_clients), 1, 65536, "N: connected clients at once (64)" },
@@ -230,6 +231,14 @@ static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char
 		else
 			return bad(why, why_len, "--backend: '%s' is not auto, cpu or cuda", v);
 		return 0;
+	case OPT_READS:
+		if (strcmp(v, "in-place") == 0)
+			cfg->in_place = true;
+		else if (strcmp(v, "copy") == 0)
+			cfg->in_place = false;
+		else
+			return bad(why, why_len, "--record-reads: '%s' is not in-place or copy", v);
+		return 0;
 	case OPT_LEVEL:
 		if (sd_log_level_parse(v, f))
 			return bad(why, why_len, "--log-level: '%s' is not error, warn, info or debug", v);
@@ -346,6 +355,7 @@ static void defaults(struct sd_config *cfg)
 	cfg->ram_bytes = 1ull << 30;
 	cfg->nvme_bytes = 16ull << 30;
 	cfg->chunk_bytes = 512u << 10;
+	cfg->in_place = true;
 	cfg->shm_bytes = 64ull << 20;
 	cfg->ring_entries = 256;
 	cfg->max_clients = 64;
@@ -441,6 +451,9 @@ int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, c
 		break;
 	case OPT_LEVEL:
 		n = snprintf(val, len, "%s", levels[cfg->log_level & 3]);
+		break;
+	case OPT_READS:
+		n = snprintf(val, len, "%s", cfg->in_place ? "in-place" : "copy");
 		break;
 	case OPT_U32:
 	case OPT_SIZE32:

@@ -28,6 +28,8 @@ struct sd_config {
 	uint32_t poll_us;                /* submission-ring polling after a request, 0 = off */
 	uint64_t ram_bytes, nvme_bytes;  /* tier capacities */
 	uint32_t chunk_bytes;            /* tier placement unit */
+	bool in_place;                   /* records of RAM-resident streams read in place
+					    (tier_manager_config.in_place); false: copied */
 	uint64_t shm_bytes;              /* default data area per client */
 	uint32_t ring_entries;           /* per ring, per client */
 	uint32_t max_clients;

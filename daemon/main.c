@@ -113,6 +113,7 @@ static int open_tiers(struct sparqd *d)
 	tc.ram_bytes = d->cfg.ram_bytes;
 	tc.nvme_bytes = d->cfg.nvme_bytes;
 	tc.chunk_bytes = d->cfg.chunk_bytes;
+	tc.in_place = d->cfg.in_place;
 	if (tc.staging_bytes < d->cfg.chunk_bytes)
 		tc.staging_bytes = d->cfg.chunk_bytes;
 	tc.log = sd_log_tier;

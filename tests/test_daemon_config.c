@@ -128,6 +128,8 @@ int main(void)
 	bad("--socket-mode", "--socket-mode", "rw", NULL);
 	bad("--backend", "--backend", "gpu", NULL);
 	bad("--log-level", "--log-level", "loud", NULL);
+	bad("--record-reads: 'zero-copy' is not in-place or copy", "--record-reads", "zero-copy",
+	    NULL);
 	bad("--max-clients", "--max-clients", "0", NULL);
 	bad("unknown option", "--bogus", NULL, NULL);
 	bad("needs a value", "--threads", NULL, NULL);
@@ -168,6 +170,8 @@ int main(void)
 	bad(":1: foreground takes true or false", "--config", cfg, NULL);
 	write_file(cfg, "config = /etc/other.conf\n");
 	bad(":1: unknown key 'config'", "--config", cfg, NULL);
+	write_file(cfg, "record-reads = zerocopy\n");
+	bad(":1: --record-reads: 'zerocopy'", "--config", cfg, NULL);
 
 	/* help and version answer and exit 0 */
 	T_CHECK(run((const char *const[]){ "--help", NULL }, out, sizeof(out)) == 0 &&
@@ -176,7 +180,8 @@ int main(void)
 			strstr(out, "sparqd "), "--version: %s", out);
 
 	/* a valid file applies; a flag beats it; a default stands where neither speaks */
-	write_file(cfg, "socket-mode = 0640\nmax-clients = 8\nlog-level = debug\n");
+	write_file(cfg, "socket-mode = 0640\nmax-clients = 8\nlog-level = debug\n"
+			"record-reads = copy\n");
 	t_daemon_start(&d, NULL, (const char *const[]){ "--config", cfg, NULL });
 	T_CHECK(stat(d.socket, &st) == 0 && (st.st_mode & 0777) == 0640,
 		"socket mode %o, the file said 0640", st.st_mode & 0777);
