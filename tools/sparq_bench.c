@@ -14,6 +14,11 @@
  * Bandwidth is measured before the streams exist, and its buffers freed, so the
  * run's peak memory is the larger of the two, not their sum.
  *
+ * With --store tiers the records live in the tier manager (RAM tier large enough for
+ * all of them) instead of a heap store, twice over: once with in-place reads (held
+ * streams, issue 5) and once copy-only (tier_manager_config.in_place off), the SparQ
+ * step timed on both in the same run, outputs compared bit for bit.
+ *
  * Mode `tiers` measures the tier manager (tiers/manager.h) against the raw limits of
  * the directory it stores into, in one run (issue 3, "Benchmark"):
  *   - the device: sequential 4 MiB writes (+ fdatasync) and reads at qd 8, and random
@@ -117,6 +122,8 @@ struct opts {
 	const char *backend;
 	const char *csv;            /* NULL = none */
 	bool json;
+	bool tiers;                 /* --store tiers: records in the tier manager */
+	const char *dir;            /* --dir: where the tier manager's directory goes */
 	/* derived once everything is validated */
 	uint32_t g, n_threads, dense_reps;
 	struct sparq_params params;
@@ -127,6 +134,8 @@ struct opts {
 struct bench {
 	struct sparq_backend *be;
 	struct sparq_store *st;
+	struct tier_manager *tm;          /* --store tiers: st is its store (st owns it) */
+	char *tm_dir;                     /* its private directory, removed by bench_destroy */
 	struct sparq_stream **streams;    /* [n_items] */
 	struct sparq_attend_item *items;  /* [n_items] */
 	uint32_t n_items;                 /* batch × n_kv */
@@ -167,6 +176,10 @@ struct report {
 	double projected_ms, projected_dense_ms;
 	double floor_ms, dense_floor_ms;   /* bytes / read-only bandwidth: the memory floor */
 	double rel_err;
+	/* --store tiers: the same step over the copy-only manager */
+	struct timing copied;
+	bool identical;                    /* outputs in place == copied, bit for bit */
+	uint64_t holds, hold_misses;       /* the in-place manager's, over the SparQ calls */
 };
 
 /* Mode tiers: defaults and fixed parameters (see run_tiers). */
@@ -271,6 +284,13 @@ static void usage(FILE *f)
 		"  --threads N          backend and bandwidth threads, 0 = all online CPUs (default 0)\n"
 		"  --reps N             timed calls (default 20; dense gets max(3, N/4))\n"
 		"  --backend cpu|cuda   backend to time (default cpu)\n"
+		"  --store heap|tiers   where the records live (default heap); tiers: the tier\n"
+		"                       manager, RAM tier holding every record, timed twice in\n"
+		"                       the run: records read in place (held streams) and\n"
+		"                       copied out (in_place off); not with --csv. With\n"
+		"                       --backend cuda the in-place run is the zero-copy path\n"
+		"  --dir PATH           --store tiers: parent of the manager's private directory\n"
+		"                       (default .; nothing is written to the device)\n"
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
 		"  --csv FILE           append one row for the configuration (header on a new\n"
 		"                       file; tools/plot kernel charts it); columns, times in ms\n"
@@ -413,6 +433,7 @@ static void opts_default(struct opts *o)
 	o->dtype = SPARQ_DTYPE_F16;
 	o->reps = 20;
 	o->backend = "cpu";
+	o->dir = ".";
 }
 
 /* The value of option argv[*i]: after '=' or the next argument. */
@@ -448,7 +469,7 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	}
 	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--ratio") || IS("--r") ||
 	      IS("--k") || IS("--l") || IS("--dtype") || IS("--threads") || IS("--reps") ||
-	      IS("--backend") || IS("--csv")))
+	      IS("--backend") || IS("--csv") || IS("--store") || IS("--dir")))
 		return usage_error("unknown option '%s'", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -494,6 +515,14 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 		if (!val[0])
 			return usage_error("--csv: expected a file path, got ''");
 		o->csv = val;
+	} else if (IS("--store")) {
+		if (strcmp(val, "heap") && strcmp(val, "tiers"))
+			return usage_error("--store: expected heap or tiers, got '%s'", val);
+		o->tiers = strcmp(val, "tiers") == 0;
+	} else if (IS("--dir")) {
+		if (!val[0] || strlen(val) > 3000)
+			return usage_error("--dir: expected a directory path (up to 3000 bytes)");
+		o->dir = val;
 	}
 #undef IS
 	return ret;
@@ -526,6 +555,9 @@ static int opts_finish(struct opts *o)
 		return usage_error("--ratio and --r/--k are alternatives: give one or the other");
 	if (o->have_r != o->have_k)
 		return usage_error("--r and --k go together (or use --ratio)");
+	if (o->tiers && o->csv)
+		return usage_error("--csv: the kernel CSV has no store column; --store tiers "
+				   "reports in the table and --json");
 	o->g = p->n_q / p->n_kv;
 	ret = sparq_geometry_check(p->d, o->g, o->dtype, &why);
 	if (ret)
@@ -546,7 +578,9 @@ static int opts_finish(struct opts *o)
 	if (o->dense_reps > o->reps)
 		o->dense_reps = o->reps;
 
-	uint64_t need = stream_bytes(o) * o->batch * p->n_kv, have = phys_bytes();
+	/* --store tiers keeps two copies: in place and copy-only */
+	uint64_t need = stream_bytes(o) * o->batch * p->n_kv * (o->tiers ? 2 : 1);
+	uint64_t have = phys_bytes();
 	if (have && need > have / 4 * 3)
 		return usage_error("this run needs about %.1f GiB, more than 3/4 of the machine's "
 				   "%.1f GiB; lower --context or --batch",
@@ -587,6 +621,10 @@ static void bench_destroy(struct bench *b)
 	/* streams first: they hold records in the store and slices on the backend */
 	sparq_store_destroy(b->st);
 	sparq_backend_close(b->be);
+	/* the manager removed its stream files at close: the directory is empty */
+	if (b->tm_dir && rmdir(b->tm_dir))
+		fprintf(stderr, PROG ": cannot remove %s: %s\n", b->tm_dir, strerror(errno));
+	free(b->tm_dir);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -685,7 +723,47 @@ static void make_queries(struct bench *b)
 	fill_queries(b->q, b->n_items, b->g, b->d, SEED ^ 0x51ull);
 }
 
-static int bench_setup(struct bench *b, const struct opts *o, double *setup_s)
+/*
+ * --store tiers: a tier manager whose RAM tier holds every record (nothing is demoted,
+ * the device is never read), in a private directory under --dir.
+ */
+static int open_tiers_store(struct bench *b, const struct opts *o, bool in_place)
+{
+	struct tier_manager_config cfg;
+	uint64_t rec = 2ull * o->preset->d * sparq_dtype_size(o->dtype), per_chunk, chunks;
+	const char *why = "";
+	size_t len = strlen(o->dir) + 32;
+	int ret;
+
+	b->tm_dir = malloc(len);
+	if (!b->tm_dir)
+		return -ENOMEM;
+	snprintf(b->tm_dir, len, "%s/sparq-bench-XXXXXX", o->dir);
+	if (!mkdtemp(b->tm_dir)) {
+		ret = -errno;
+		fprintf(stderr, PROG ": --dir: cannot create %s: %s\n", b->tm_dir, strerror(-ret));
+		free(b->tm_dir);
+		b->tm_dir = NULL;
+		return ret;
+	}
+	tier_manager_defaults(&cfg);
+	cfg.dir = b->tm_dir;
+	cfg.in_place = in_place;
+	per_chunk = cfg.chunk_bytes / rec;
+	chunks = (uint64_t)b->n_items * ((o->S + per_chunk - 1) / per_chunk);
+	cfg.ram_bytes = chunks * cfg.chunk_bytes;
+	cfg.nvme_bytes = cfg.ram_bytes;
+	ret = tier_manager_open(&cfg, &b->tm, &why);
+	if (ret) {
+		fprintf(stderr, PROG ": tier_manager_open in %s: %s (errno %d: %s)\n", b->tm_dir,
+			why, -ret, strerror(-ret));
+		return ret;
+	}
+	b->st = tier_manager_store(b->tm);
+	return 0;
+}
+
+static int bench_setup(struct bench *b, const struct opts *o, bool in_place, double *setup_s)
 {
 	const struct preset *p = o->preset;
 	size_t qn;
@@ -706,10 +784,16 @@ static int bench_setup(struct bench *b, const struct opts *o, double *setup_s)
 		fprintf(stderr, PROG ": out of memory for %u items\n", b->n_items);
 		return -ENOMEM;
 	}
-	ret = sparq_store_heap_create(STORE_CHUNK, 0, &b->st);
-	if (ret) {
-		fprintf(stderr, PROG ": cannot create the heap store: %s\n", strerror(-ret));
-		return ret;
+	if (o->tiers) {
+		ret = open_tiers_store(b, o, in_place);
+		if (ret)
+			return ret;
+	} else {
+		ret = sparq_store_heap_create(STORE_CHUNK, 0, &b->st);
+		if (ret) {
+			fprintf(stderr, PROG ": cannot create the heap store: %s\n", strerror(-ret));
+			return ret;
+		}
 	}
 	for (uint32_t i = 0; i < b->n_items; i++) {
 		ret = sparq_stream_create(b->be, b->st, b->d, o->dtype, &b->streams[i], &why);
@@ -975,6 +1059,47 @@ static void print_table(FILE *f, const struct report *r, const struct opts *o)
 	snprintf(v, sizeof(v), "%.4f", r->rel_err);
 	row(f, "output error vs dense (rel. L2)", v, "dense output, same queries", NULL);
 
+	if (o->tiers) {
+		const struct timing *cp = &r->copied;
+
+		fprintf(f, "\nrecords in the tier manager (RAM tier), read in place vs copied "
+			   "(in_place off), same run:\n");
+		snprintf(v, sizeof(v), "%.3f ms", sq->med_ms[PH_STEP]);
+		snprintf(l, sizeof(l), "copied %.3f ms", cp->med_ms[PH_STEP]);
+		snprintf(q, sizeof(q), "%.2fx copied / in place",
+			 ratio_of(cp->med_ms[PH_STEP], sq->med_ms[PH_STEP]));
+		row(f, "SparQ step, in place (median)", v, l, q);
+		snprintf(v, sizeof(v), "%.3f ms", sq->med_ms[PH_GATHER]);
+		snprintf(l, sizeof(l), "copied %.3f ms", cp->med_ms[PH_GATHER]);
+		snprintf(q, sizeof(q), "%.2fx", ratio_of(cp->med_ms[PH_GATHER],
+							 sq->med_ms[PH_GATHER]));
+		row(f, "gather phase, in place (median)", v, l, q);
+		snprintf(v, sizeof(v), "%.3f ms", sq->med_ms[PH_EXACT]);
+		snprintf(l, sizeof(l), "copied %.3f ms", cp->med_ms[PH_EXACT]);
+		snprintf(q, sizeof(q), "%.2fx", ratio_of(cp->med_ms[PH_EXACT],
+							 sq->med_ms[PH_EXACT]));
+		row(f, "exact phase, in place (median)", v, l, q);
+		fmt_bytes(b1, sizeof(b1), cp->record_bytes);
+		double cgbs = ratio_of((double)cp->record_bytes, cp->med_ms[PH_GATHER] * 1e6);
+		snprintf(v, sizeof(v), "%.2f GB/s", cgbs);
+		snprintf(l, sizeof(l), "copy bw %.2f GB/s", r->bw.copy_gbs);
+		snprintf(q, sizeof(q), "%.2f of copy bw (%s copied)", ratio_of(cgbs, r->bw.copy_gbs),
+			 b1);
+		row(f, "copied: records / gather phase", v, l, q);
+		snprintf(v, sizeof(v), "%.3f ms", ratio_of((double)cp->record_bytes,
+							    r->bw.copy_gbs * 1e6));
+		snprintf(l, sizeof(l), "copied gather %.3f ms", cp->med_ms[PH_GATHER]);
+		row(f, "  memcpy floor of those bytes", v, l, NULL);
+		snprintf(v, sizeof(v), "%" PRIu64 " / %" PRIu64, r->holds, r->hold_misses);
+		row(f, "streams held / refused (in place)", v, "calls x streams",
+		    r->hold_misses ? "some streams copied" : "every stream in place");
+		row(f, "outputs in place == copied", r->identical ? "bit for bit" : "DIFFER", NULL,
+		    NULL);
+		if (strcmp(o->backend, "cuda") == 0)
+			fprintf(f, "note: on the GPU the bandwidth limits above are this host's "
+				   "memory; sparq-bench gpu measures the PCIe and zero-copy ceilings\n");
+	}
+
 	if (r->score_bw_fraction > 1.0)
 		fprintf(f, "\nnote: the key slice (%.1f MiB) is read faster than DRAM: at this S it is "
 			   "largely cache-resident, so score_bw_fraction says little\n",
@@ -1119,6 +1244,17 @@ static void print_json(FILE *f, const struct report *r, const struct opts *o)
 	json_num(f, "projected_token_ms", r->projected_ms, &first);
 	json_num(f, "projected_dense_token_ms", r->projected_dense_ms, &first);
 	json_num(f, "rel_err_vs_dense", r->rel_err, &first);
+	json_str(f, "store", o->tiers ? "tiers" : "heap", &first);
+	if (o->tiers) {
+		json_num(f, "copied_step_ms", r->copied.med_ms[PH_STEP], &first);
+		json_num(f, "copied_gather_ms", r->copied.med_ms[PH_GATHER], &first);
+		json_num(f, "copied_exact_ms", r->copied.med_ms[PH_EXACT], &first);
+		json_num(f, "copied_vs_in_place", ratio_of(r->copied.med_ms[PH_STEP],
+							   r->sq.med_ms[PH_STEP]), &first);
+		json_u64(f, "holds", r->holds, &first);
+		json_u64(f, "hold_misses", r->hold_misses, &first);
+		json_u64(f, "outputs_identical", r->identical, &first);
+	}
 	fprintf(f, "}\n");
 }
 
@@ -1161,6 +1297,40 @@ static int open_backend(struct bench *b, const struct opts *o, struct report *r)
 	return 0;
 }
 
+/*
+ * --store tiers: the same layer in a copy-only manager (the same seeds, so the same
+ * records and queries), the SparQ step timed there; its outputs must equal the
+ * in-place run's bit for bit. Freed before the dense baseline runs.
+ */
+static int time_copied(struct bench *b, const struct opts *o, struct report *r)
+{
+	struct bench c = { .be = b->be };
+	struct sparq_attend_batch batch;
+	double setup_s;
+	int ret;
+
+	fprintf(stderr, PROG ": filling the copy-only tier manager...\n");
+	ret = bench_setup(&c, o, false, &setup_s);
+	if (ret)
+		goto out;
+	fprintf(stderr, PROG ": timing the SparQ step with records copied (%u calls)...\n",
+		o->reps);
+	ret = time_attend(&c, &o->params, c.y, o->reps, &r->copied, &batch);
+	if (ret) {
+		report_attend_error("SparQ step, records copied", ret, &batch);
+		goto out;
+	}
+	r->identical = !memcmp(b->y, c.y, (size_t)b->n_items * b->g * b->d * sizeof(float));
+	if (!r->identical) {
+		fprintf(stderr, PROG ": outputs with records in place and copied differ\n");
+		ret = -EPROTO;
+	}
+out:
+	c.be = NULL;  /* b's */
+	bench_destroy(&c);
+	return ret;
+}
+
 static int run_kernel(const struct opts *o)
 {
 	struct bench b = { 0 };
@@ -1196,15 +1366,26 @@ static int run_kernel(const struct opts *o)
 
 	fprintf(stderr, PROG ": filling %u streams x %" PRIu64 " positions...\n",
 		o->batch * o->preset->n_kv, o->S);
-	ret = bench_setup(&b, o, &r.setup_s);
+	ret = bench_setup(&b, o, true, &r.setup_s);
 	if (ret)
 		goto out;
 
+	struct tier_stats ts0 = { 0 }, ts1 = { 0 };
+	if (b.tm)
+		tier_manager_stats(b.tm, &ts0);
 	fprintf(stderr, PROG ": timing the SparQ step (%u calls)...\n", o->reps);
 	ret = time_attend(&b, &o->params, b.y, o->reps, &r.sq, &batch);
 	if (ret) {
 		report_attend_error("SparQ step", ret, &batch);
 		goto out;
+	}
+	if (b.tm) {
+		tier_manager_stats(b.tm, &ts1);
+		r.holds = ts1.holds - ts0.holds;
+		r.hold_misses = ts1.hold_misses - ts0.hold_misses;
+		ret = time_copied(&b, o, &r);
+		if (ret)
+			goto out;
 	}
 
 	/* k >= S makes the step exact dense attention over every row; r is then unused */
@@ -3325,7 +3506,7 @@ static int gpu_check_dense(struct bench_gpu *gg, const struct gpu_opts *go,
 	ret = open_backend(&b, &o, &kr);
 	if (ret)
 		goto out;
-	ret = bench_setup(&b, &o, &setup_s);
+	ret = bench_setup(&b, &o, true, &setup_s);
 	if (ret)
 		goto out;
 	ret = time_attend(&b, &dense, b.y_dense, 1, &t, &batch);
@@ -3978,8 +4159,10 @@ int main(int argc, char **argv)
 	if (ret)
 		return EXIT_USAGE;
 	/* on the GPU, a kernel run is one configuration of mode gpu: the CPU-side
-	 * figures (host memory bandwidth) say nothing about a GPU step */
-	if (strcmp(o.backend, "cuda") == 0) {
+	 * figures (host memory bandwidth) say nothing about a GPU step. --store tiers is
+	 * the exception: it compares two ways of fetching the same records, in place and
+	 * copied, whatever the backend */
+	if (strcmp(o.backend, "cuda") == 0 && !o.tiers) {
 		struct gpu_opts go;
 
 		if (gpu_opts_from_kernel(&o, &go))
