@@ -333,6 +333,10 @@ static void usage(FILE *f)
 		"                       assumed ceilings; no GPU needed\n"
 		"  --h2d-gbs X --hbm-gbs Y\n"
 		"                       the ceilings --dry-run assumes (default %.1f and %.0f)\n"
+		"  --key-slice native|int8\n"
+		"                       the CUDA backend's key slices (default native); the\n"
+		"                       slice bytes of the floor and the measured GPU memory per\n"
+		"                       token follow it\n"
 		"  `kernel --backend cuda` runs one configuration of this mode (its --ratio or\n"
 		"  --r/--k give the one k-mode)\n"
 		"\n"
@@ -2672,6 +2676,7 @@ struct gpu_opts {
 	const char *config, *csv, *jsonl;
 	bool json, dry_run;
 	double assume_h2d, assume_hbm;
+	enum sparq_slice_format key_slice;  /* the backend's key slices (--key-slice) */
 	/* derived */
 	char config_buf[48];
 	uint32_t g, n_items, n_threads, n_slots;
@@ -2683,7 +2688,7 @@ struct gpu_plan {
 	struct sparq_resolved res;
 	uint32_t n_sel;                /* min(k, S) rows per KV head */
 	uint64_t pcie_bytes;           /* records + q + y, all KV heads */
-	uint64_t slice_bytes;          /* S·r·2 per KV head */
+	uint64_t slice_bytes;          /* S·r·2 per KV head (int8 slice: S·(r + 4)) */
 	double transfer_ratio;
 };
 
@@ -2817,7 +2822,8 @@ static int parse_gpu_one(struct gpu_opts *o, int argc, char **argv, int *i)
 	}
 	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--kmodes") || IS("--r") ||
 	      IS("--l") || IS("--reps") || IS("--layers") || IS("--threads") || IS("--config") ||
-	      IS("--csv") || IS("--jsonl") || IS("--h2d-gbs") || IS("--hbm-gbs")))
+	      IS("--csv") || IS("--jsonl") || IS("--h2d-gbs") || IS("--hbm-gbs") ||
+	      IS("--key-slice")))
 		return usage_error("unknown option '%s'", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -2857,6 +2863,10 @@ static int parse_gpu_one(struct gpu_opts *o, int argc, char **argv, int *i)
 		ret = parse_gbs("--h2d-gbs", val, &o->assume_h2d);
 	} else if (IS("--hbm-gbs")) {
 		ret = parse_gbs("--hbm-gbs", val, &o->assume_hbm);
+	} else if (IS("--key-slice")) {
+		/* one format per run: each has its own memory figure and floor */
+		if (sparq_slice_format_parse(val, &o->key_slice))
+			return usage_error("--key-slice: expected native or int8, got '%s'", val);
 	}
 #undef IS
 	return ret;
@@ -2881,7 +2891,9 @@ static int gpu_plan_of(const struct gpu_opts *o, const struct gpu_kmode *m, stru
 	/* q up and y down, fp32, per query head */
 	pl->pcie_bytes = (uint64_t)o->n_items *
 			 ((uint64_t)pl->n_sel * o->rec_bytes + 2ull * o->g * p->d * sizeof(float));
-	pl->slice_bytes = (uint64_t)o->n_items * o->S * pl->res.r * 2;
+	/* what scoring reads from HBM: r channels, plus the scale of each int8 position */
+	pl->slice_bytes = (uint64_t)o->n_items * o->S *
+			  (o->key_slice == SPARQ_SLICE_INT8 ? pl->res.r + 4u : pl->res.r * 2u);
 	pl->transfer_ratio = ratio_of(sparq_transfer_sparq(o->S, p->d, pl->res.r, pl->res.k),
 				      sparq_transfer_dense(o->S, p->d));
 	return 0;
@@ -2992,6 +3004,10 @@ static int gpu_opts_from_kernel(const struct opts *k, struct gpu_opts *o)
 		o->km[0].params.ratio = (float)k->ratio;
 	}
 	kmode_name(o->km[0].name, sizeof(o->km[0].name), k->have_r, k->r, k->k, k->ratio);
+	if (k->n_key_slices != 1)
+		return usage_error("--backend cuda: give one --key-slice (native or int8); each "
+				   "is its own run of mode gpu");
+	o->key_slice = k->key_slices[0];
 	if (k->dtype != SPARQ_DTYPE_F16)
 		return usage_error("--backend cuda: the GPU benchmark stores fp16 (the dense "
 				   "baselines read fp16 records)");
@@ -3040,7 +3056,8 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 	fmt_bytes(b2, sizeof(b2), o->layer_bytes * o->layers);
 	fmt_bytes(b3, sizeof(b3), o->layer_bytes * o->n_slots);
 	fprintf(f, PROG " gpu --dry-run: %s, %s (%u q heads, %u KV heads, g = %u, d = %u, %u "
-		   "layers), fp16\n", o->config, p->name, p->n_q, p->n_kv, o->g, p->d, L);
+		   "layers), fp16, key slice %s\n", o->config, p->name, p->n_q, p->n_kv, o->g, p->d,
+		L, sparq_slice_format_name(o->key_slice));
 	fprintf(f, "  S = %" PRIu64 ", batch %u: %u KV-head streams per layer, %" PRIu64
 		   " B per record, %s of records per layer\n", o->S, o->batch, o->n_items,
 		o->rec_bytes, b1);
@@ -3050,7 +3067,8 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 		   "double-buffered over %u layers; check on S = %u first (tolerance %.0e)\n",
 		o->n_slots, b3, GPU_OFFLOAD_LAYERS, GPU_CHECK_S, GPU_CHECK_TOL);
 	fprintf(f, "  formulas, per layer: pcie = n_kv_streams x (n_sel x %" PRIu64 " B + 2 x g x d x "
-		   "4 B); slice = n_kv_streams x S x r x 2 B\n", o->rec_bytes);
+		   "4 B); slice = n_kv_streams x S x %s\n", o->rec_bytes,
+		o->key_slice == SPARQ_SLICE_INT8 ? "(r x 1 B + 4 B scale)" : "r x 2 B");
 	fprintf(f, "    floor = pcie / H2D + slice / HBM; dense offload floor = layer / H2D; "
 		   "dense resident floor = layer / HBM\n");
 	fprintf(f, "    assumed here (not measured): H2D %.1f GB/s, HBM %.0f GB/s "
@@ -3077,8 +3095,10 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 		   "speedup over dense offload if SparQ ran at its floor and offload at its floor)\n",
 		L);
 	fprintf(f, "  GPU bytes per token per KV head per layer: dense resident %" PRIu64
-		   " (2 x d x 2 B); SparQ fp16 key slice %u (d x 2 B) plus the backend's own\n",
-		o->rec_bytes, p->d * 2);
+		   " (2 x d x 2 B); SparQ %s key slice %u (%s) plus the backend's own\n",
+		o->rec_bytes, o->key_slice == SPARQ_SLICE_INT8 ? "int8" : "fp16",
+		sparq_slice_position_bytes(o->key_slice, p->d, SPARQ_DTYPE_F16),
+		o->key_slice == SPARQ_SLICE_INT8 ? "d x 1 B + 4 B" : "d x 2 B");
 }
 
 /* ---- output ---- */
@@ -3089,7 +3109,9 @@ static void gpu_print_table(FILE *f, const struct gpu_report *r, const struct gp
 	char v[64], l[96], q[96], b1[32];
 
 	fprintf(f, PROG " gpu: %s, %s, S = %" PRIu64 ", batch %u (%u KV-head streams per layer), "
-		   "fp16\n", o->config, p->name, o->S, o->batch, o->n_items);
+		   "fp16, key slice %s (%u B per position and KV head)\n", o->config, p->name, o->S,
+		o->batch, o->n_items, sparq_slice_format_name(o->key_slice),
+		sparq_slice_position_bytes(o->key_slice, p->d, SPARQ_DTYPE_F16));
 	fprintf(f, "  device: %s (sm_%d%d, %d SMs, %.0f GiB, L2 %.0f MiB)\n", r->dev, r->cc_major,
 		r->cc_minor, r->sm_count, (double)r->dev_mem / (1u << 30),
 		(double)r->l2_bytes / (1u << 20));
@@ -3213,6 +3235,7 @@ static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu
 	json_str(f, "mode", "gpu", &first);
 	json_u64(f, "dry_run", r->dry_run, &first);
 	json_str(f, "config", o->config, &first);
+	json_str(f, "key_slice", sparq_slice_format_name(o->key_slice), &first);
 	json_str(f, "preset", o->preset->name, &first);
 	json_u64(f, "S", o->S, &first);
 	json_u64(f, "batch", o->batch, &first);
@@ -3583,7 +3606,7 @@ out:
 static int gpu_sparq_setup(struct gpu_sparq *s, const struct gpu_opts *o, const uint16_t *rec,
 			   char *why, size_t why_len)
 {
-	struct sparq_backend_config cfg = { .n_threads = o->n_threads };
+	struct sparq_backend_config cfg = { .n_threads = o->n_threads, .key_slice = o->key_slice };
 	uint32_t d = o->preset->d;
 	size_t nq = (size_t)o->layers * GPU_QSETS * o->n_items * o->g * d;
 	const char *w = NULL;
