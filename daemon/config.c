@@ -15,7 +15,8 @@
 #include "sparq.h"
 
 enum opt_kind { OPT_PATH, OPT_SOCKET, OPT_MODE, OPT_BACKEND, OPT_U32, OPT_SIZE, OPT_SIZE32,
-		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT, OPT_CUDA_FAULT, OPT_READS };
+		OPT_FLAG, OPT_LEVEL, OPT_CONFIG, OPT_FAULT, OPT_CUDA_FAULT, OPT_READS,
+		OPT_KEY_SLICE };
 
 struct opt {
 	const char *name;
@@ -33,6 +34,7 @@ static const struct opt opts[] = {
 	{ "socket-mode", OPT_MODE, OFF(socket_mode), 0, 0777, "OCTAL: socket permissions (0600)" },
 	{ "config", OPT_CONFIG, OFF(config_file), 0, 0, "FILE: \"key = value\" lines, keys as these options" },
 	{ "backend", OPT_BACKEND, OFF(backend), 0, 0, "auto|cpu|cuda (auto)" },
+	{ "key-slice", OPT_KEY_SLICE, OFF(key_slice), 0, 0, "native|int8: scoring keys as stored, or int8 with a scale per position, 0.52x the bytes at d = 128 (native)" },
 	{ "threads", OPT_U32, OFF(threads), 0, 1024, "N: backend CPU threads, 0 = all CPUs (0)" },
 	{ "workers", OPT_U32, OFF(workers), 1, 256, "N: request worker threads (4)" },
 	{ "poll-us", OPT_U32, OFF(poll_us), 0, 100000, "N: a worker watches its client's submission ring this long after a request, 0 = off (50)" },
@@ -238,6 +240,10 @@ static int apply(struct sd_config *cfg, const struct opt *o, const char *v, char
 			cfg->in_place = false;
 		else
 			return bad(why, why_len, "--record-reads: '%s' is not in-place or copy", v);
+		return 0;
+	case OPT_KEY_SLICE:
+		if (sparq_slice_format_parse(v, f))
+			return bad(why, why_len, "--key-slice: '%s' is not native or int8", v);
 		return 0;
 	case OPT_LEVEL:
 		if (sd_log_level_parse(v, f))
@@ -448,6 +454,9 @@ int sd_config_entry(const struct sd_config *cfg, unsigned i, const char **key, c
 		break;
 	case OPT_BACKEND:
 		n = snprintf(val, len, "%s", backends[cfg->backend % 3]);
+		break;
+	case OPT_KEY_SLICE:
+		n = snprintf(val, len, "%s", sparq_slice_format_name(cfg->key_slice));
 		break;
 	case OPT_LEVEL:
 		n = snprintf(val, len, "%s", levels[cfg->log_level & 3]);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/un.h>
 
+#include "backend.h"
 #include "log.h"
 
 enum sd_backend_choice { SD_BACKEND_AUTO = 0, SD_BACKEND_CPU = 1, SD_BACKEND_CUDA = 2 };
@@ -23,6 +24,7 @@ struct sd_config {
 	unsigned socket_mode;            /* permission bits of the socket */
 	char config_file[PATH_MAX];      /* "" = none */
 	enum sd_backend_choice backend;
+	enum sparq_slice_format key_slice; /* every key slice the backend keeps (backend.h) */
 	uint32_t threads;                /* backend CPU threads, 0 = all CPUs */
 	uint32_t workers;                /* request worker threads */
 	uint32_t poll_us;                /* submission-ring polling after a request, 0 = off */

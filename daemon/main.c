@@ -60,6 +60,7 @@ static int open_backend(struct sparqd *d)
 	 * --allow-fault-injection */
 	struct sparq_backend_config bc = {
 		.n_threads = d->cfg.threads,
+		.key_slice = d->cfg.key_slice,
 		.cuda_fault_every = d->cfg.cuda_fault_every,
 		.cuda_fault_sticky = d->cfg.cuda_fault_sticky,
 		.log = backend_log,

@@ -33,9 +33,45 @@ int sparq_backend_list(struct sparq_backend_info *out, int max)
 	return 2;
 }
 
+const char *sparq_slice_format_name(enum sparq_slice_format f)
+{
+	switch (f) {
+	case SPARQ_SLICE_NATIVE:
+		return "native";
+	case SPARQ_SLICE_INT8:
+		return "int8";
+	}
+	return NULL;
+}
+
+int sparq_slice_format_parse(const char *s, enum sparq_slice_format *out)
+{
+	if (s && strcmp(s, "native") == 0)
+		*out = SPARQ_SLICE_NATIVE;
+	else if (s && strcmp(s, "int8") == 0)
+		*out = SPARQ_SLICE_INT8;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+uint32_t sparq_slice_position_bytes(enum sparq_slice_format f, uint32_t d, enum sparq_dtype dt)
+{
+	switch (f) {
+	case SPARQ_SLICE_NATIVE:
+		return d * (uint32_t)sparq_dtype_size(dt);
+	case SPARQ_SLICE_INT8:
+		return d + (uint32_t)sizeof(float);
+	}
+	return 0;
+}
+
 int sparq_backend_open(const char *name, const struct sparq_backend_config *cfg,
 		       struct sparq_backend **out)
 {
+	/* checked here, before any backend allocates (STYLE.md §5) */
+	if (cfg && !sparq_slice_format_name(cfg->key_slice))
+		return -EINVAL;
 	if (!name || strcmp(name, "cpu") == 0)
 		return sparq_cpu_backend_create(cfg, out);
 	/* no silent CPU fallback: without a device (or a CUDA build) this is -ENODEV */

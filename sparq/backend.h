@@ -17,10 +17,30 @@
 struct sparq_backend;
 struct sparq_stream;
 
+/*
+ * The form of the key slices a backend keeps (issue 5). Scoring (SPARQ.md steps 1-3, 5)
+ * is the only reader; the exact step always reads full-precision records.
+ */
+enum sparq_slice_format {
+	SPARQ_SLICE_NATIVE = 0,  /* the stream's dtype (fp16/bf16): the paper's scoring, exact */
+	SPARQ_SLICE_INT8 = 1,    /* int8 with an fp32 scale per position (quant.h): d + 4
+				  * bytes a position instead of 2d, scores approximate */
+};
+
+/* "native" / "int8"; NULL for an unknown value. */
+const char *sparq_slice_format_name(enum sparq_slice_format f);
+/* Parses a name of sparq_slice_format_name; -EINVAL for anything else. */
+int sparq_slice_format_parse(const char *s, enum sparq_slice_format *out);
+/* Bytes of key slice one position of head dimension d takes in format f (0: unknown). */
+uint32_t sparq_slice_position_bytes(enum sparq_slice_format f, uint32_t d, enum sparq_dtype dt);
+
 struct sparq_backend_config {
 	uint32_t n_threads;   /* CPU worker threads, 0 = one per online CPU */
 	bool cpu_portable;    /* CPU: use the portable C kernels even where AVX2 runs */
 	uint64_t gpu_budget_bytes; /* CUDA: key-slice pool limit, 0 = 90% of free GPU memory */
+	/* every slice the backend creates (CUDA: its internal CPU backend's too, so that
+	 * a fallback computes the same function); -EINVAL at open for an unknown value */
+	enum sparq_slice_format key_slice;
 	/*
 	 * Tests only (sparqd's --cuda-fault, refused without --allow-fault-injection): every
 	 * cuda_fault_every-th call that has GPU items reports a synthetic CUDA failure in place
@@ -107,7 +127,8 @@ int sparq_backend_list(struct sparq_backend_info *out, int max);
 
 /*
  * Opens a backend by name ("cpu", "cuda"); cfg may be NULL. Returns -ENOENT for an
- * unknown name, -ENODEV when it is not built or no device answers, -ENOMEM.
+ * unknown name, -EINVAL for an unknown cfg->key_slice, -ENODEV when it is not built
+ * or no device answers, -ENOMEM.
  */
 int sparq_backend_open(const char *name, const struct sparq_backend_config *cfg,
 		       struct sparq_backend **out);

@@ -148,7 +148,8 @@ int sparq_ref_attend(const struct sparq_ref_input *in, struct sparq_ref_output *
 	/* Step 3: approximate logits over the r chosen channels, and their group sum. */
 	for (uint32_t j = 0; j < S; j++) {
 		bool masked = is_masked(in->exclude, j);
-		const double *kj = in->K + (size_t)j * d;
+		/* the scoring keys: the backend's key slice as numbers (K_score) or K */
+		const double *kj = (in->K_score ? in->K_score : in->K) + (size_t)j * d;
 
 		zsum[j] = masked ? -INFINITY : 0.0;
 		for (uint32_t h = 0; h < g; h++) {

@@ -24,6 +24,10 @@
 struct sparq_ref_input {
 	uint32_t d, g, S;
 	const double *K;           /* [S][d] keys, already converted from storage */
+	/* [S][d] optional: the keys steps 1-3 and 5 score with (logits, selection, α) —
+	 * a compressed key slice's values, e.g. s_j · q_jc of quant.h — while the exact
+	 * step still uses K. NULL: K. Components come from q alone, so they do not change. */
+	const double *K_score;
 	const double *V;           /* [S][d] values */
 	const double *q;           /* [g][d] queries */
 	const uint64_t *exclude;   /* [ceil(S/64)] bit j set: j masked; NULL = none */

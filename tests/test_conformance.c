@@ -1,6 +1,6 @@
 /*
  * test_conformance.c — every backend against the double-precision reference
- * (STYLE.md §2). Usage: test_conformance cpu|cpu-portable|cuda [quick].
+ * (STYLE.md §2). Usage: test_conformance cpu|cpu-portable|cuda [quick] [int8].
  *
  * Random inputs sweep d ∈ {64,128,256}, S from 1 to 65536, g ∈ {1,4}, r ∈ {1,d/8,d},
  * k ∈ {1,128,S/16,≥S}, fp16 and bf16, three mask modes and three blend modes, two
@@ -12,8 +12,11 @@
  * Every other case keeps its records in a heap store carved from one region (the
  * CUDA backend then gathers them zero-copy from the registered region), the others
  * in the plain heap store (the CUDA backend's staged path). `quick` keeps the short
- * contexts and one case in eight, for runs under compute-sanitizer. A failing check
- * prints the case it was in, so one log is enough to reproduce it.
+ * contexts and one case in eight, for runs under compute-sanitizer. `int8` opens the
+ * backend with int8 key slices (backend.h) and gives the reference the same keys to
+ * score with (K_score, built by quant.h's quantizer): the selection must then match
+ * as tightly as with native slices, while the exact step still uses K. A failing
+ * check prints the case it was in, so one log is enough to reproduce it.
  */
 #include <errno.h>
 #include <float.h>
@@ -21,6 +24,7 @@
 
 #include "backend-impl.h"
 #include "helpers.h"
+#include "quant.h"
 #include "reference.h"
 
 /* The opened backend's own description (device, pool, fallbacks for CUDA). */
@@ -35,6 +39,8 @@ static const char *be_detail(const struct sparq_backend *be)
 
 /* The case being run, printed when a check fails (T_CHECK exits). */
 static char current_case[256];
+/* The key-slice format the backend was opened with (main). */
+static enum sparq_slice_format key_slice;
 
 static void report_case(void)
 {
@@ -58,6 +64,7 @@ struct totals {
 struct item_data {
 	uint16_t *k, *v;     /* [S][d] stored */
 	double *kd, *vd;     /* [S][d] as the reference sees them */
+	double *ksd;         /* [S][d] the int8 slice's values s_j · q_jc; NULL: native */
 	float *q;            /* [g][d] */
 	double *qd;
 	double vmax;
@@ -91,6 +98,18 @@ static void fill_item(const struct tcase *tc, struct t_rng *rng, struct item_dat
 		it->q[i] = (float)(t_normal(rng) * qs[i % d]);
 		it->qd[i] = it->q[i];
 	}
+	it->ksd = NULL;
+	if (key_slice == SPARQ_SLICE_INT8) {
+		int8_t *q8 = t_alloc((size_t)S * d);
+		float *sc = t_alloc((size_t)S * sizeof(float));
+
+		it->ksd = t_alloc((size_t)S * d * sizeof(double));
+		sparq_quant_rows(it->k, S, d, tc->dt, q8, 1, d, sc);
+		for (size_t i = 0; i < (size_t)S * d; i++)
+			it->ksd[i] = (double)sc[i / d] * q8[i];
+		free(q8);
+		free(sc);
+	}
 }
 
 static void free_item(struct item_data *it)
@@ -98,6 +117,7 @@ static void free_item(struct item_data *it)
 	free(it->k);
 	free(it->v);
 	free(it->kd);
+	free(it->ksd);
 	free(it->vd);
 	free(it->q);
 	free(it->qd);
@@ -153,6 +173,7 @@ static void check_item(const struct tcase *tc, const struct item_data *dat,
 	uint32_t n_vis = 0;
 	struct sparq_ref_input in = {
 		.d = d, .g = g, .S = S, .K = dat->kd, .V = dat->vd, .q = dat->qd,
+		.K_score = dat->ksd,
 		.exclude = mask, .r = r, .k = k, .l = it->used.l, .blend = it->used.blend,
 	};
 	uint32_t *rcomp = t_alloc(r * sizeof(uint32_t)), *rsel = t_alloc(k * sizeof(uint32_t));
@@ -303,7 +324,7 @@ static void run_case(struct sparq_backend *be, struct sparq_store *st, const str
 int main(int argc, char **argv)
 {
 	const char *which = argc > 1 ? argv[1] : "cpu";
-	bool quick = argc > 2 && strcmp(argv[2], "quick") == 0;
+	bool quick = false;
 	struct sparq_backend_config cfg = { .n_threads = 2 };
 	struct sparq_backend *be;
 	struct sparq_store *st, *st_region;
@@ -315,6 +336,17 @@ int main(int argc, char **argv)
 	static const uint32_t groups[] = { 1, 4 };
 	uint64_t seed = 1;
 
+	for (int a = 2; a < argc; a++) {
+		if (strcmp(argv[a], "quick") == 0) {
+			quick = true;
+		} else if (strcmp(argv[a], "int8") == 0) {
+			key_slice = SPARQ_SLICE_INT8;
+		} else {
+			fprintf(stderr, "usage: %s cpu|cpu-portable|cuda [quick] [int8]\n", argv[0]);
+			return T_EXIT_FAIL;
+		}
+	}
+	cfg.key_slice = key_slice;
 	if (strcmp(which, "cpu-portable") == 0) {
 		cfg.cpu_portable = true;
 		which = "cpu";
@@ -369,9 +401,10 @@ int main(int argc, char **argv)
 		       tot.comp_ties, tot.sel_ties);
 		fflush(stdout);
 	}
-	printf("conformance %s (%s): %u cases, %u items (%u dense), near-ties: %u component "
+	printf("conformance %s %s slice (%s): %u cases, %u items (%u dense), near-ties: %u component "
 	       "choices, %u rows; max |y - ref| = %.3g·max|V|, max |alpha - ref| = %.3g\n",
-	       argc > 1 ? argv[1] : "cpu", sparq_backend_name(be), tot.cases, tot.items, tot.dense,
+	       argc > 1 ? argv[1] : "cpu", sparq_slice_format_name(key_slice),
+	       sparq_backend_name(be), tot.cases, tot.items, tot.dense,
 	       tot.comp_ties, tot.sel_ties, tot.max_y_err, tot.max_alpha_err);
 	current_case[0] = 0;
 	printf("backend %s after the run: %s\n", sparq_backend_name(be), be_detail(be));

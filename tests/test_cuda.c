@@ -15,6 +15,10 @@
  * the internal CPU backend bit for bit as the CPU backend serves the same streams, and
  * counted; a sticky one degrades the backend for good (calls, appends, new streams),
  * logged once; a validation error stays an error.
+ * int8 key slices (issue 5): the budget fallback (int8 pages copied to the CPU slice as
+ * they are), both fetch paths, the two kernel generations and the CUDA-failure
+ * fallback run again with int8 slices, checked against the reference scoring with the
+ * same quantized keys (quant.h).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -22,13 +26,18 @@
 
 #include "backend-impl.h"
 #include "helpers.h"
+#include "quant.h"
 #include "reference.h"
+
+/* The key-slice format of the backends under test (main runs the checks in both). */
+static enum sparq_slice_format key_slice;
 
 struct data {
 	uint32_t S, d, g;
 	enum sparq_dtype dt;
 	uint16_t *k, *v;
 	double *kd, *vd, *qd, vmax;
+	double *ksd;   /* int8 slices: the keys as they score, s_j · q_jc; else NULL */
 	float *q;
 };
 
@@ -59,6 +68,17 @@ static void make_data(struct data *x, uint32_t S, uint32_t d, uint32_t g, enum s
 			x->q[i] = fabsf(x->q[i]) + 1.0f; /* no cancellation: Σ q·K ≥ 64·1e38/τ */
 		x->qd[i] = x->q[i];
 	}
+	if (key_slice == SPARQ_SLICE_INT8) {
+		int8_t *q8 = t_alloc((size_t)S * d);
+		float *sc = t_alloc((size_t)S * sizeof(float));
+
+		x->ksd = t_alloc((size_t)S * d * sizeof(double));
+		sparq_quant_rows(x->k, S, d, dt, q8, 1, d, sc);
+		for (size_t i = 0; i < (size_t)S * d; i++)
+			x->ksd[i] = (double)sc[i / d] * q8[i];
+		free(q8);
+		free(sc);
+	}
 }
 
 static void free_data(struct data *x)
@@ -66,6 +86,7 @@ static void free_data(struct data *x)
 	free(x->k);
 	free(x->v);
 	free(x->kd);
+	free(x->ksd);
 	free(x->vd);
 	free(x->q);
 	free(x->qd);
@@ -123,8 +144,8 @@ static void check_ref(const char *what, const struct data *x, const uint64_t *ma
 	double *y = t_alloc((size_t)x->g * x->d * sizeof(double)), *alpha = t_alloc(x->g * 8);
 	double *zsum = t_alloc(x->S * sizeof(double));
 	struct sparq_ref_input in = {
-		.d = x->d, .g = x->g, .S = x->S, .K = x->kd, .V = x->vd, .q = x->qd,
-		.exclude = mask, .r = it->used.r, .k = k, .l = it->used.l, .blend = it->used.blend,
+		.d = x->d, .g = x->g, .S = x->S, .K = x->kd, .K_score = x->ksd, .V = x->vd,
+		.q = x->qd, .exclude = mask, .r = it->used.r, .k = k, .l = it->used.l, .blend = it->used.blend,
 	};
 	struct sparq_ref_output out = { .y = y, .alpha = alpha, .sel = rsel, .zsum = zsum };
 	uint32_t diff = 0;
@@ -179,7 +200,11 @@ static void free_item(struct sparq_attend_item *it)
 	free(it->sel);
 }
 
-/* Three streams, room on the GPU for three pages: one fits, one moves, one never fits. */
+/*
+ * Three streams, room on the GPU for three pages: one fits, one moves, one never fits.
+ * An int8 page holds 7936 positions at d = 128 where a native one holds 4096: the
+ * streams are u = 2 times longer then, to fill the same pages.
+ */
 static void test_budget_fallback(const struct sparq_backend_config *base)
 {
 	struct sparq_backend_config cfg = *base;
@@ -187,30 +212,33 @@ static void test_budget_fallback(const struct sparq_backend_config *base)
 	struct sparq_store *st;
 	struct data a, b, c;
 	struct sparq_stream *sa, *sb, *sc;
-	uint64_t mask[94] = { 0 };
+	uint64_t mask[188] = { 0 };
 	char want[64];
+	const uint32_t u = key_slice == SPARQ_SLICE_INT8 ? 2 : 1;
 
 	cfg.gpu_budget_bytes = 3ull << 20; /* three 1 MiB pages: 12288 positions at d = 128 */
 	T_CHECK(sparq_backend_open("cuda", &cfg, &be) == 0, "open with a small budget");
 	T_CHECK(sparq_store_heap_create(256, 0, &st) == 0, "store");
-	make_data(&a, 6000, 128, 1, SPARQ_DTYPE_F16, 11, 1.0f);
-	make_data(&b, 6000, 128, 4, SPARQ_DTYPE_BF16, 12, 1.0f);
+	make_data(&a, 6000 * u, 128, 1, SPARQ_DTYPE_F16, 11, 1.0f);
+	make_data(&b, 6000 * u, 128, 4, SPARQ_DTYPE_BF16, 12, 1.0f);
 	make_data(&c, 700, 128, 1, SPARQ_DTYPE_F16, 13, 1.0f);
-	sa = stream_of(be, st, &a, 6000, 6000);          /* pages 1-2 */
+	sa = stream_of(be, st, &a, 6000 * u, 6000 * u);  /* pages 1-2 */
 	const char *why = NULL;
 	T_CHECK(sparq_stream_create(be, st, b.d, b.dt, &sb, &why) == 0, "create b");
-	append_range(sb, &b, 0, 3000, 3000);             /* page 3: the pool is full */
+	append_range(sb, &b, 0, 3000 * u, 3000 * u);     /* page 3: the pool is full */
 	sc = stream_of(be, st, &c, 100, 100);            /* no page left at all */
 	printf("budget: %s\n", be->detail);
 	T_CHECK(strstr(be->detail, "1 of 3 streams on CPU"), "detail '%s' should count 1 of 3",
 		be->detail);
-	append_range(sb, &b, 3000, 6000, 1000);          /* needs a 4th page: moves to the CPU */
+	append_range(sb, &b, 3000 * u, 6000 * u, 1000);  /* needs a 4th page: moves to the CPU */
 	printf("budget: %s\n", be->detail);
 	T_CHECK(strstr(be->detail, "2 of 3 streams on CPU"), "detail '%s' should count 2 of 3",
 		be->detail);
-	for (uint32_t j = 0; j < 6000; j += 7)
+	T_CHECK((key_slice == SPARQ_SLICE_INT8) == (strstr(be->detail, "int8 key slice") != NULL),
+		"detail '%s' should name the key-slice format", be->detail);
+	for (uint32_t j = 0; j < 6000 * u; j += 7)
 		mask[j / 64] |= UINT64_C(1) << (j % 64);
-	mask[5999 / 64] &= ~(UINT64_C(1) << (5999 % 64));
+	mask[(6000 * u - 1) / 64] &= ~(UINT64_C(1) << ((6000 * u - 1) % 64));
 
 	struct sparq_attend_item it[3] = {
 		item_for(sa, &a, NULL, 16, 256, SPARQ_BLEND_ON),
@@ -835,6 +863,14 @@ int main(void)
 		test_fault_fallback(&cfg, v2, false);
 		test_fault_fallback(&cfg, v2, true);
 	}
-	printf("cuda: all checks passed\n");
+
+	/* int8 key slices: the checks that touch the slice, against K_score */
+	key_slice = cfg.key_slice = SPARQ_SLICE_INT8;
+	test_budget_fallback(&cfg);
+	test_paths(&cfg);
+	test_generations(&cfg);
+	for (int v2 = 0; v2 < 2; v2++)
+		test_fault_fallback(&cfg, v2, false);
+	printf("cuda: all checks passed (native and int8 key slices)\n");
 	return T_EXIT_PASS;
 }

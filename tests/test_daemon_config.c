@@ -127,6 +127,8 @@ int main(void)
 	bad("--socket-mode", "--socket-mode", "0999", NULL);
 	bad("--socket-mode", "--socket-mode", "rw", NULL);
 	bad("--backend", "--backend", "gpu", NULL);
+	bad("--key-slice: 'fp8' is not native or int8", "--key-slice", "fp8", NULL);
+	bad("--key-slice: 'INT8'", "--key-slice=INT8", NULL, NULL);
 	bad("--log-level", "--log-level", "loud", NULL);
 	bad("--record-reads: 'zero-copy' is not in-place or copy", "--record-reads", "zero-copy",
 	    NULL);
@@ -166,6 +168,8 @@ int main(void)
 	bad(":1: --workers", "--config", cfg, NULL);
 	write_file(cfg, "\n\nthreads 4\n");
 	bad(":3: expected \"key = value\"", "--config", cfg, NULL);
+	write_file(cfg, "key-slice = int4\n");
+	bad(":1: --key-slice: 'int4'", "--config", cfg, NULL);
 	write_file(cfg, "foreground = maybe\n");
 	bad(":1: foreground takes true or false", "--config", cfg, NULL);
 	write_file(cfg, "config = /etc/other.conf\n");
@@ -181,7 +185,7 @@ int main(void)
 
 	/* a valid file applies; a flag beats it; a default stands where neither speaks */
 	write_file(cfg, "socket-mode = 0640\nmax-clients = 8\nlog-level = debug\n"
-			"record-reads = copy\n");
+			"record-reads = copy\nkey-slice = int8\n");
 	t_daemon_start(&d, NULL, (const char *const[]){ "--config", cfg, NULL });
 	T_CHECK(stat(d.socket, &st) == 0 && (st.st_mode & 0777) == 0640,
 		"socket mode %o, the file said 0640", st.st_mode & 0777);

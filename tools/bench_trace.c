@@ -19,6 +19,11 @@
  * rather than guessed. A backend that reports its own row-cache counters (CUDA v2)
  * has them printed beside it.
  *
+ * --key-slice both replays every layer twice, on a backend with native key slices and
+ * on one with int8 slices (backend.h), and adds the agreement of the two selections:
+ * the fraction of the native step's rows the int8 step selected too, over all rows
+ * and over the rows scoring chose (outside the local window, which both always hold).
+ *
  * Everything read from the trace is validated first (meta.json, every selected
  * layer's three .npy files, their shapes against each other, every value finite): a
  * trace that does not validate is exit 2 with the file and the fault named, before
@@ -1035,6 +1040,8 @@ struct trace_opts {
 	const char *backend;
 	uint32_t threads;             /* 0 = every online CPU */
 	const char *csv;
+	enum sparq_slice_format key_slices[2];  /* replayed in this order */
+	uint32_t n_key_slices;
 	struct sparq_params params;
 };
 
@@ -1061,6 +1068,10 @@ static void usage(FILE *f)
 		"  --l L                local window of recent positions (default k/4)\n"
 		"  --layers LIST        layers to replay, e.g. 0,3,10-12 (default: all)\n"
 		"  --backend cpu|cuda   backend (default cpu)\n"
+		"  --key-slice native|int8|both\n"
+		"                       key slices as stored, int8 with a scale per position, or\n"
+		"                       both, replayed on the same trace with the agreement of\n"
+		"                       their selections (default native; int8 rows: 'L-int8')\n"
 		"  --threads N          backend threads, 0 = all online CPUs (default 0)\n"
 		"  --csv FILE           append one row per layer and an 'all' row (header on a\n"
 		"                       new file); columns:\n"
@@ -1141,6 +1152,8 @@ static int parse_args(int argc, char **argv, struct trace_opts *o)
 	o->ratio = 8.0;
 	o->backend = "cpu";
 	o->l = -1;
+	o->key_slices[0] = SPARQ_SLICE_NATIVE;
+	o->n_key_slices = 1;
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i], *eq = strchr(arg, '='), *val = NULL;
 		size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
@@ -1156,7 +1169,7 @@ static int parse_args(int argc, char **argv, struct trace_opts *o)
 			continue;
 		}
 		if (!(IS("--ratio") || IS("--r") || IS("--k") || IS("--l") || IS("--layers") ||
-		      IS("--backend") || IS("--threads") || IS("--csv")))
+		      IS("--backend") || IS("--threads") || IS("--csv") || IS("--key-slice")))
 			return usage_error("unknown option '%s'", arg);
 		if (eq)
 			val = eq + 1;
@@ -1195,6 +1208,17 @@ static int parse_args(int argc, char **argv, struct trace_opts *o)
 			if (!val[0])
 				return usage_error("--csv: expected a file path, got ''");
 			o->csv = val;
+		} else if (IS("--key-slice")) {
+			if (strcmp(val, "both") == 0) {
+				o->key_slices[0] = SPARQ_SLICE_NATIVE;
+				o->key_slices[1] = SPARQ_SLICE_INT8;
+				o->n_key_slices = 2;
+			} else if (sparq_slice_format_parse(val, &o->key_slices[0]) == 0) {
+				o->n_key_slices = 1;
+			} else {
+				return usage_error("--key-slice: expected native, int8 or both, got '%s'",
+						   val);
+			}
 		}
 #undef IS
 		if (ret)
@@ -1218,7 +1242,7 @@ static int parse_args(int argc, char **argv, struct trace_opts *o)
 
 /* Figures of one row of the table (a layer, or all of them). */
 struct trace_row {
-	char name[16];
+	char name[24];
 	uint32_t steps, r, k;
 	double sq_p50, sq_p90, dn_p50, dn_p90, speedup;
 	double sq_bytes, dn_bytes, byte_ratio, floor_ms, x_floor;
@@ -1270,7 +1294,7 @@ static void row_fill(struct trace_row *w, uint64_t *sq, uint64_t *dn, uint32_t n
 
 static void print_header(FILE *f)
 {
-	fprintf(f, "%-5s %5s %4s %6s | %9s %9s | %9s %9s | %7s | %10s %10s %6s | %8s %8s | %6s | "
+	fprintf(f, "%-8s %5s %4s %6s | %9s %9s | %9s %9s | %7s | %10s %10s %6s | %8s %8s | %6s | "
 		"%7s %7s | %5s\n", "layer", "steps", "r", "k", "SparQ p50", "p90", "dense p50", "p90",
 		"speedup", "B/step", "dense B", "ratio", "err mean", "err max", "recall", "ovl t-1",
 		"ovl <=4", "cache");
@@ -1288,7 +1312,7 @@ static void print_row(FILE *f, const struct trace_row *w)
 	}
 	if (w->has_cache)
 		snprintf(ch, sizeof(ch), "%.3f", w->cache_hit);
-	fprintf(f, "%-5s %5u %4u %6u | %9.4f %9.4f | %9.4f %9.4f | %6.2fx | %10.0f %10.0f %6.3f | "
+	fprintf(f, "%-8s %5u %4u %6u | %9.4f %9.4f | %9.4f %9.4f | %6.2fx | %10.0f %10.0f %6.3f | "
 		"%8.4f %8.4f | %6s | %7s %7s | %5s\n", w->name, w->steps, w->r, w->k, w->sq_p50,
 		w->sq_p90, w->dn_p50, w->dn_p90, w->speedup, w->sq_bytes, w->dn_bytes, w->byte_ratio,
 		w->err_mean, w->err_max, rec, o1, o4, ch);
@@ -1340,21 +1364,130 @@ static int validate_data(const struct trace_opts *o, const struct trace_meta *m,
 	return 0;
 }
 
+/* Row names: the layer, with "-int8" for the int8 slice's rows. */
+static void row_name(char *buf, size_t n, const char *base, enum sparq_slice_format f)
+{
+	snprintf(buf, n, "%s%s%s", base, f == SPARQ_SLICE_NATIVE ? "" : "-",
+		 f == SPARQ_SLICE_NATIVE ? "" : sparq_slice_format_name(f));
+}
+
+/* Layer li's result into the totals (the per-step times at their place). */
+static void total_add(struct trace_total *t, const struct trace_layer_result *res, uint32_t li,
+		      uint32_t steps, double err_sum, double err_max)
+{
+	memcpy(t->sq_ns + (size_t)li * steps, res->sparq_ns, steps * sizeof(uint64_t));
+	memcpy(t->dn_ns + (size_t)li * steps, res->dense_ns, steps * sizeof(uint64_t));
+	t->n += steps;
+	t->err_sum += err_sum;
+	t->err_max = err_max > t->err_max ? err_max : t->err_max;
+	t->recall_sum += res->recall_sum;
+	t->recall_n += res->recall_n;
+	t->ovl_rows += res->overlap_rows;
+	t->ovl_prev += res->overlap_prev;
+	t->ovl_win += res->overlap_window;
+	t->sc_rows += res->overlap_rows_scored;
+	t->sc_prev += res->overlap_prev_scored;
+	t->cache_rows += res->cache_rows;
+	t->cache_hits += res->cache_hits;
+	t->sq_bytes += res->slice_bytes + res->record_bytes;
+	t->dn_bytes += res->dense_bytes;
+}
+
+/* Selections of the two formats, step by step: rows in both, of the native ones. */
+struct agreement {
+	uint64_t both, rows;             /* all selected rows */
+	uint64_t both_scored, scored;    /* those outside the local window */
+};
+
+static void agreement_add(struct agreement *a, const struct trace_meta *m,
+			  const struct trace_layer_result *nat, const struct trace_layer_result *i8)
+{
+	for (uint32_t i = 0; i < m->steps; i++) {
+		uint32_t len = m->q_pos[i] + 1, l = nat->used.l;
+
+		for (uint32_t h = 0; h < m->n_kv; h++) {
+			size_t at = (size_t)i * m->n_kv + h;
+			const uint32_t *x = nat->sel + at * nat->sel_cap, *y = i8->sel + at * i8->sel_cap;
+			uint32_t nx = nat->n_sel[at], ny = i8->n_sel[at];
+
+			/* both ascending: one merge pass */
+			for (uint32_t p = 0, q = 0; p < nx; p++) {
+				while (q < ny && y[q] < x[p])
+					q++;
+				bool in = q < ny && y[q] == x[p];
+				bool scored = (uint64_t)x[p] + l + 1 < len;
+				a->both += in;
+				a->rows++;
+				a->both_scored += in && scored;
+				a->scored += scored;
+			}
+		}
+	}
+}
+
+static void print_summary(const struct trace_opts *o, const struct trace_meta *m,
+			  enum sparq_slice_format f, const struct trace_total *tot,
+			  const struct trace_row *all, const struct sparq_resolved *res_end,
+			  const struct bench_bw *bw, uint32_t n_layers)
+{
+	double dn_floor = bw->read_gbs > 0 ? all->dn_bytes / bw->read_gbs / 1e6 : 0.0;
+
+	printf("\nall %u layers x %u steps, key slice %s (times in ms per layer step, r and k at "
+	       "S = %u):\n", n_layers, m->steps, sparq_slice_format_name(f), m->S);
+	if (bw->read_gbs > 0) {
+		printf("  SparQ step  p50 %.4f  p90 %.4f   memory floor %.5f (%.0f B / %.1f GB/s "
+		       "read): %.1fx floor\n", all->sq_p50, all->sq_p90, all->floor_ms, all->sq_bytes,
+		       bw->read_gbs, all->x_floor);
+		printf("  dense step  p50 %.4f  p90 %.4f   memory floor %.5f (%.0f B): %.1fx floor\n",
+		       all->dn_p50, all->dn_p90, dn_floor, all->dn_bytes,
+		       ratio_of(all->dn_p50, dn_floor));
+	} else {
+		printf("  SparQ step  p50 %.4f  p90 %.4f (%.0f B read)\n", all->sq_p50, all->sq_p90,
+		       all->sq_bytes);
+		printf("  dense step  p50 %.4f  p90 %.4f (%.0f B read); GPU floors: sparq-bench gpu\n",
+		       all->dn_p50, all->dn_p90, all->dn_bytes);
+	}
+	printf("  SparQ vs dense: %.2fx faster; bytes per step %.3f of dense (formula at S: %.3f)\n",
+	       all->speedup, all->byte_ratio,
+	       ratio_of(sparq_transfer_sparq(m->S, m->d, res_end->r, res_end->k),
+			sparq_transfer_dense(m->S, m->d)));
+	printf("  relative error of y vs dense: mean %.4f, max %.4f\n", all->err_mean, all->err_max);
+	if (all->has_recall)
+		printf("  top-k recall vs the exact top rows (group-summed softmax): %.4f over %" PRIu64
+		       " (step, KV head) pairs\n", all->recall, tot->recall_n);
+	else
+		printf("  top-k recall: every step selected every visible row (k >= S)\n");
+	if (all->has_overlap)
+		printf("  selection overlap (row-cache hit rate): %.4f of the rows selected at step t "
+		       "were selected at t-1, %.4f within the last %u steps (%" PRIu64 " lookups)\n",
+		       all->ovl_prev, all->ovl_win, TRACE_OVERLAP_WINDOW, tot->ovl_rows);
+	if (tot->sc_rows)
+		printf("  of the rows scoring chose (outside the local window of l + 1): %.4f "
+		       "selected at t-1 too\n", all->ovl_scored);
+	if (all->has_cache)
+		printf("  backend row cache: %" PRIu64 " of %" PRIu64 " rows hit (%.4f)\n",
+		       tot->cache_hits, tot->cache_rows, all->cache_hit);
+	else
+		printf("  backend row cache: not reported by the %s backend\n", o->backend);
+}
+
 static int run(const struct trace_opts *o)
 {
 	struct trace_meta m = { 0 };
-	struct trace_total tot = { 0 };
-	struct sparq_backend *be = NULL;
+	struct trace_total tot[2];
+	struct sparq_backend *be[2] = { NULL, NULL };
 	struct bench_csv csv = { 0 };
 	struct bench_bw bw = { 0 };
 	struct sparq_resolved res_end;
+	struct agreement agree = { 0 };
 	char err[ERR_LEN] = "";
 	const char *why = NULL;
 	uint32_t threads = o->threads ? o->threads : bench_online_cpus();
-	uint32_t n_layers;
+	uint32_t n_layers, nf = o->n_key_slices;
 	uint64_t t_start = bench_now_ns();
 	int ret, status = EXIT_RUNTIME;
 
+	memset(tot, 0, sizeof(tot));
 	fprintf(stderr, PROG ": validating %s...\n", o->dir);
 	ret = trace_open(o->dir, o->layers, o->n_layers, &m, err, sizeof(err));
 	if (ret == 0)
@@ -1373,13 +1506,17 @@ static int run(const struct trace_opts *o)
 	if (o->csv && bench_csv_open(&csv, o->csv, TRACE_CSV_HEADER, PROG))
 		goto out;
 
-	struct sparq_backend_config cfg = { .n_threads = threads };
-	ret = sparq_backend_open(o->backend, &cfg, &be);
-	if (ret) {
-		be = NULL;
-		fprintf(stderr, PROG ": cannot open backend '%s': errno %d (%s)\n", o->backend, -ret,
-			strerror(-ret));
-		goto out;
+	for (uint32_t f = 0; f < nf; f++) {
+		struct sparq_backend_config cfg = { .n_threads = threads,
+						    .key_slice = o->key_slices[f] };
+		ret = sparq_backend_open(o->backend, &cfg, &be[f]);
+		if (ret) {
+			be[f] = NULL;
+			fprintf(stderr, PROG ": cannot open backend '%s' (key slice %s): errno %d "
+				"(%s)\n", o->backend, sparq_slice_format_name(o->key_slices[f]), -ret,
+				strerror(-ret));
+			goto out;
+		}
 	}
 	/* the CPU backend's floor is this machine's memory; a GPU's is not (sparq-bench gpu) */
 	if (strcmp(o->backend, "cpu") == 0) {
@@ -1392,11 +1529,13 @@ static int run(const struct trace_opts *o)
 			goto out;
 		}
 	}
-	tot.sq_ns = malloc((size_t)n_layers * m.steps * sizeof(uint64_t));
-	tot.dn_ns = malloc((size_t)n_layers * m.steps * sizeof(uint64_t));
-	if (!tot.sq_ns || !tot.dn_ns) {
-		fprintf(stderr, PROG ": out of memory for %u x %u samples\n", n_layers, m.steps);
-		goto out;
+	for (uint32_t f = 0; f < nf; f++) {
+		tot[f].sq_ns = malloc((size_t)n_layers * m.steps * sizeof(uint64_t));
+		tot[f].dn_ns = malloc((size_t)n_layers * m.steps * sizeof(uint64_t));
+		if (!tot[f].sq_ns || !tot[f].dn_ns) {
+			fprintf(stderr, PROG ": out of memory for %u x %u samples\n", n_layers, m.steps);
+			goto out;
+		}
 	}
 
 	printf("trace %s: %u layers (replaying %u), %u q heads on %u KV heads (g = %u), d = %u, "
@@ -1406,120 +1545,109 @@ static int run(const struct trace_opts *o)
 	       "dense = the backend's exact path (k >= S)\n", o->backend, threads,
 	       o->params.ratio > 0 ? "ratio" : "explicit", res_end.r, res_end.k, m.S, res_end.l,
 	       res_end.blend ? "on" : "off");
+	printf("key slice %s%s (%u B per position and KV head; native %u B)\n",
+	       sparq_slice_format_name(o->key_slices[0]), nf == 2 ? " and int8, same trace" : "",
+	       sparq_slice_position_bytes(o->key_slices[nf - 1], m.d, SPARQ_DTYPE_F16),
+	       sparq_slice_position_bytes(SPARQ_SLICE_NATIVE, m.d, SPARQ_DTYPE_F16));
 	printf("times: one batched call over the layer's %u KV heads per step; bytes: the "
 	       "backend's slice + record bytes per call\n\n", m.n_kv);
 	print_header(stdout);
 
 	for (uint32_t li = 0; li < n_layers; li++) {
 		uint32_t layer = o->layers ? o->layers[li] : li;
-		struct trace_replay_config rc = { .params = o->params, .threads = threads };
-		struct trace_layer_result res;
+		struct trace_replay_config rc = { .params = o->params, .threads = threads,
+						  .keep_sel = nf == 2 };
+		struct trace_layer_result res[2];
 		struct trace_layer L;
-		struct trace_row w = { 0 };
-		double err_sum = 0.0, err_max = 0.0;
+		char base[12];
 
+		memset(res, 0, sizeof(res));
 		ret = trace_layer_load(o->dir, &m, layer, &L, err, sizeof(err));
 		if (ret == 0) {
-			ret = trace_replay_layer(be, &m, &L, &rc, &res, err, sizeof(err));
+			/* a failed replay frees its own result (the other's is freed here) */
+			for (uint32_t f = 0; f < nf && ret == 0; f++)
+				ret = trace_replay_layer(be[f], &m, &L, &rc, &res[f], err, sizeof(err));
 			trace_layer_free(&L);
 		}
 		if (ret) {
 			fprintf(stderr, PROG ": %s\n", err);
+			trace_layer_result_free(&res[0]);
 			goto out;
 		}
-		for (uint32_t i = 0; i < m.steps; i++) {
-			err_sum += res.rel_err[i];
-			err_max = res.rel_err[i] > err_max ? res.rel_err[i] : err_max;
+		snprintf(base, sizeof(base), "%u", layer);
+		for (uint32_t f = 0; f < nf; f++) {
+			struct trace_row w = { 0 };
+			double err_sum = 0.0, err_max = 0.0;
+
+			for (uint32_t i = 0; i < m.steps; i++) {
+				err_sum += res[f].rel_err[i];
+				err_max = res[f].rel_err[i] > err_max ? res[f].rel_err[i] : err_max;
+			}
+			total_add(&tot[f], &res[f], li, m.steps, err_sum, err_max);
+			row_name(w.name, sizeof(w.name), base, o->key_slices[f]);
+			w.steps = m.steps;
+			w.r = res[f].used.r;
+			w.k = res[f].used.k;
+			row_fill(&w, res[f].sparq_ns, res[f].dense_ns, m.steps, err_sum, err_max,
+				 res[f].recall_sum, res[f].recall_n, res[f].overlap_rows,
+				 res[f].overlap_prev, res[f].overlap_window, res[f].overlap_rows_scored,
+				 res[f].overlap_prev_scored, res[f].cache_rows, res[f].cache_hits,
+				 res[f].slice_bytes + res[f].record_bytes, res[f].dense_bytes,
+				 bw.read_gbs);
+			print_row(stdout, &w);
+			if (o->csv)
+				csv_row(&csv, o, &m, &w);
 		}
-		memcpy(tot.sq_ns + (size_t)li * m.steps, res.sparq_ns, m.steps * sizeof(uint64_t));
-		memcpy(tot.dn_ns + (size_t)li * m.steps, res.dense_ns, m.steps * sizeof(uint64_t));
-		tot.n += m.steps;
-		tot.err_sum += err_sum;
-		tot.err_max = err_max > tot.err_max ? err_max : tot.err_max;
-		tot.recall_sum += res.recall_sum;
-		tot.recall_n += res.recall_n;
-		tot.ovl_rows += res.overlap_rows;
-		tot.ovl_prev += res.overlap_prev;
-		tot.ovl_win += res.overlap_window;
-		tot.sc_rows += res.overlap_rows_scored;
-		tot.sc_prev += res.overlap_prev_scored;
-		tot.cache_rows += res.cache_rows;
-		tot.cache_hits += res.cache_hits;
-		tot.sq_bytes += res.slice_bytes + res.record_bytes;
-		tot.dn_bytes += res.dense_bytes;
-
-		snprintf(w.name, sizeof(w.name), "%u", layer);
-		w.steps = m.steps;
-		w.r = res.used.r;
-		w.k = res.used.k;
-		row_fill(&w, res.sparq_ns, res.dense_ns, m.steps, err_sum, err_max, res.recall_sum,
-			 res.recall_n, res.overlap_rows, res.overlap_prev, res.overlap_window,
-			 res.overlap_rows_scored, res.overlap_prev_scored, res.cache_rows, res.cache_hits, res.slice_bytes + res.record_bytes,
-			 res.dense_bytes, bw.read_gbs);
-		print_row(stdout, &w);
 		fflush(stdout);
+		if (nf == 2)
+			agreement_add(&agree, &m, &res[0], &res[1]);
+		for (uint32_t f = 0; f < nf; f++)
+			trace_layer_result_free(&res[f]);
+	}
+
+	struct trace_row all[2];
+	for (uint32_t f = 0; f < nf; f++) {
+		all[f] = (struct trace_row){ .steps = m.steps, .r = res_end.r, .k = res_end.k };
+		row_name(all[f].name, sizeof(all[f].name), "all", o->key_slices[f]);
+		row_fill(&all[f], tot[f].sq_ns, tot[f].dn_ns, tot[f].n, tot[f].err_sum,
+			 tot[f].err_max, tot[f].recall_sum, tot[f].recall_n, tot[f].ovl_rows,
+			 tot[f].ovl_prev, tot[f].ovl_win, tot[f].sc_rows, tot[f].sc_prev,
+			 tot[f].cache_rows, tot[f].cache_hits, tot[f].sq_bytes, tot[f].dn_bytes,
+			 bw.read_gbs);
+		print_row(stdout, &all[f]);
 		if (o->csv)
-			csv_row(&csv, o, &m, &w);
-		trace_layer_result_free(&res);
+			csv_row(&csv, o, &m, &all[f]);
 	}
-
-	struct trace_row all = { .steps = m.steps, .r = res_end.r, .k = res_end.k };
-	snprintf(all.name, sizeof(all.name), "all");
-	row_fill(&all, tot.sq_ns, tot.dn_ns, tot.n, tot.err_sum, tot.err_max, tot.recall_sum,
-		 tot.recall_n, tot.ovl_rows, tot.ovl_prev, tot.ovl_win, tot.sc_rows, tot.sc_prev,
-		 tot.cache_rows,
-		 tot.cache_hits, tot.sq_bytes, tot.dn_bytes, bw.read_gbs);
-	print_row(stdout, &all);
-	if (o->csv)
-		csv_row(&csv, o, &m, &all);
-
-	double dn_floor = bw.read_gbs > 0 ? all.dn_bytes / bw.read_gbs / 1e6 : 0.0;
-	printf("\nall %u layers x %u steps (times in ms per layer step, r and k at S = %u):\n",
-	       n_layers, m.steps, m.S);
-	if (bw.read_gbs > 0) {
-		printf("  SparQ step  p50 %.4f  p90 %.4f   memory floor %.5f (%.0f B / %.1f GB/s "
-		       "read): %.1fx floor\n", all.sq_p50, all.sq_p90, all.floor_ms, all.sq_bytes,
-		       bw.read_gbs, all.x_floor);
-		printf("  dense step  p50 %.4f  p90 %.4f   memory floor %.5f (%.0f B): %.1fx floor\n",
-		       all.dn_p50, all.dn_p90, dn_floor, all.dn_bytes, ratio_of(all.dn_p50, dn_floor));
-	} else {
-		printf("  SparQ step  p50 %.4f  p90 %.4f (%.0f B read)\n", all.sq_p50, all.sq_p90,
-		       all.sq_bytes);
-		printf("  dense step  p50 %.4f  p90 %.4f (%.0f B read); GPU floors: sparq-bench gpu\n",
-		       all.dn_p50, all.dn_p90, all.dn_bytes);
+	for (uint32_t f = 0; f < nf; f++)
+		print_summary(o, &m, o->key_slices[f], &tot[f], &all[f], &res_end, &bw, n_layers);
+	if (nf == 2) {
+		printf("\nkey slice int8 vs native on the same trace:\n");
+		printf("  selection agreement: %.4f of the native rows selected by int8 too (%" PRIu64
+		       " rows); of the rows scoring chose (outside the local window): %.4f (%" PRIu64
+		       ")\n", ratio_of((double)agree.both, (double)agree.rows), agree.rows,
+		       ratio_of((double)agree.both_scored, (double)agree.scored), agree.scored);
+		printf("  relative error of y vs dense: int8 mean %.4f (native %.4f); top-k recall "
+		       "int8 %.4f (native %.4f)\n", all[1].err_mean, all[0].err_mean, all[1].recall,
+		       all[0].recall);
+		printf("  key slice bytes per position and KV head: int8 %u, native %u (%.3f)\n",
+		       sparq_slice_position_bytes(SPARQ_SLICE_INT8, m.d, SPARQ_DTYPE_F16),
+		       sparq_slice_position_bytes(SPARQ_SLICE_NATIVE, m.d, SPARQ_DTYPE_F16),
+		       ratio_of(sparq_slice_position_bytes(SPARQ_SLICE_INT8, m.d, SPARQ_DTYPE_F16),
+				sparq_slice_position_bytes(SPARQ_SLICE_NATIVE, m.d,
+							   SPARQ_DTYPE_F16)));
 	}
-	printf("  SparQ vs dense: %.2fx faster; bytes per step %.3f of dense (formula at S: %.3f)\n",
-	       all.speedup, all.byte_ratio,
-	       ratio_of(sparq_transfer_sparq(m.S, m.d, res_end.r, res_end.k),
-			sparq_transfer_dense(m.S, m.d)));
-	printf("  relative error of y vs dense: mean %.4f, max %.4f\n", all.err_mean, all.err_max);
-	if (all.has_recall)
-		printf("  top-k recall vs the exact top rows (group-summed softmax): %.4f over %" PRIu64
-		       " (step, KV head) pairs\n", all.recall, tot.recall_n);
-	else
-		printf("  top-k recall: every step selected every visible row (k >= S)\n");
-	if (all.has_overlap)
-		printf("  selection overlap (row-cache hit rate): %.4f of the rows selected at step t "
-		       "were selected at t-1, %.4f within the last %u steps (%" PRIu64 " lookups)\n",
-		       all.ovl_prev, all.ovl_win, TRACE_OVERLAP_WINDOW, tot.ovl_rows);
-	if (tot.sc_rows)
-		printf("  of the rows scoring chose (outside the local window of l + 1): %.4f "
-		       "selected at t-1 too\n", all.ovl_scored);
-	if (all.has_cache)
-		printf("  backend row cache: %" PRIu64 " of %" PRIu64 " rows hit (%.4f)\n",
-		       tot.cache_hits, tot.cache_rows, all.cache_hit);
-	else
-		printf("  backend row cache: not reported by the %s backend\n", o->backend);
 	fflush(stdout);
 	fprintf(stderr, PROG ": done in %.1f s\n", (double)(bench_now_ns() - t_start) / 1e9);
 	status = 0;
 out:
 	if (bench_csv_close(&csv) && status == 0)
 		status = EXIT_RUNTIME;
-	free(tot.sq_ns);
-	free(tot.dn_ns);
-	if (be)
-		sparq_backend_close(be);
+	for (uint32_t f = 0; f < 2; f++) {
+		free(tot[f].sq_ns);
+		free(tot[f].dn_ns);
+		if (be[f])
+			sparq_backend_close(be[f]);
+	}
 	trace_meta_free(&m);
 	return status;
 }

@@ -124,6 +124,10 @@ struct opts {
 	bool json;
 	bool tiers;                 /* --store tiers: records in the tier manager */
 	const char *dir;            /* --dir: where the tier manager's directory goes */
+	/* key-slice formats to time, one after the other on the same data (backend.h):
+	 * native, int8, or both (--key-slice both) */
+	enum sparq_slice_format key_slices[2];
+	uint32_t n_key_slices;
 	/* derived once everything is validated */
 	uint32_t g, n_threads, dense_reps;
 	struct sparq_params params;
@@ -165,6 +169,7 @@ struct timing {
 };
 
 struct report {
+	enum sparq_slice_format key_slice;
 	char isa[160];
 	double setup_s;
 	struct bench_bw bw;
@@ -291,6 +296,10 @@ static void usage(FILE *f)
 		"                       --backend cuda the in-place run is the zero-copy path\n"
 		"  --dir PATH           --store tiers: parent of the manager's private directory\n"
 		"                       (default .; nothing is written to the device)\n"
+		"  --key-slice native|int8|both\n"
+		"                       scoring keys as stored, int8 with a scale per position,\n"
+		"                       or both, timed one after the other on the same data and\n"
+		"                       compared (default native; CSV k_mode gets '-int8')\n"
 		"  --json               one JSON object on stdout; the table goes to stderr\n"
 		"  --csv FILE           append one row for the configuration (header on a new\n"
 		"                       file; tools/plot kernel charts it); columns, times in ms\n"
@@ -344,6 +353,10 @@ static void usage(FILE *f)
 		"                       assumed ceilings; no GPU needed\n"
 		"  --h2d-gbs X --hbm-gbs Y\n"
 		"                       the ceilings --dry-run assumes (default %.1f and %.0f)\n"
+		"  --key-slice native|int8\n"
+		"                       the CUDA backend's key slices (default native); the\n"
+		"                       slice bytes of the floor and the measured GPU memory per\n"
+		"                       token follow it\n"
 		"  `kernel --backend cuda` runs one configuration of this mode (its --ratio or\n"
 		"  --r/--k give the one k-mode)\n"
 		"\n"
@@ -434,6 +447,23 @@ static void opts_default(struct opts *o)
 	o->reps = 20;
 	o->backend = "cpu";
 	o->dir = ".";
+	o->key_slices[0] = SPARQ_SLICE_NATIVE;
+	o->n_key_slices = 1;
+}
+
+/* --key-slice of modes kernel and gpu: one format, or both in one run. */
+static int parse_key_slices(const char *val, enum sparq_slice_format *out, uint32_t *n)
+{
+	if (strcmp(val, "both") == 0) {
+		out[0] = SPARQ_SLICE_NATIVE;
+		out[1] = SPARQ_SLICE_INT8;
+		*n = 2;
+		return 0;
+	}
+	if (sparq_slice_format_parse(val, &out[0]))
+		return usage_error("--key-slice: expected native, int8 or both, got '%s'", val);
+	*n = 1;
+	return 0;
 }
 
 /* The value of option argv[*i]: after '=' or the next argument. */
@@ -469,7 +499,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 	}
 	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--ratio") || IS("--r") ||
 	      IS("--k") || IS("--l") || IS("--dtype") || IS("--threads") || IS("--reps") ||
-	      IS("--backend") || IS("--csv") || IS("--store") || IS("--dir")))
+	      IS("--backend") || IS("--csv") || IS("--store") || IS("--dir") ||
+	      IS("--key-slice")))
 		return usage_error("unknown option '%s'", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -523,6 +554,8 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 		if (!val[0] || strlen(val) > 3000)
 			return usage_error("--dir: expected a directory path (up to 3000 bytes)");
 		o->dir = val;
+	} else if (IS("--key-slice")) {
+		ret = parse_key_slices(val, o->key_slices, &o->n_key_slices);
 	}
 #undef IS
 	return ret;
@@ -538,10 +571,15 @@ static uint64_t phys_bytes(void)
 /* Bytes one stream of S positions costs: records, key slice, attend scratch. */
 static uint64_t stream_bytes(const struct opts *o)
 {
-	uint64_t es = sparq_dtype_size(o->dtype), d = o->preset->d;
+	uint64_t es = sparq_dtype_size(o->dtype), d = o->preset->d, slice = 0;
 
-	/* record 2·d, slice d (channel-major), dense scratch: sel, row pointer, g weights */
-	return o->S * (3 * d * es + 4 + 8 + 4 * (uint64_t)o->g);
+	/* the formats run one after the other: the larger slice counts */
+	for (uint32_t i = 0; i < o->n_key_slices; i++) {
+		uint64_t b = sparq_slice_position_bytes(o->key_slices[i], (uint32_t)d, o->dtype);
+		slice = b > slice ? b : slice;
+	}
+	/* record 2·d, the slice, dense scratch: sel, row pointer, g weights */
+	return o->S * (2 * d * es + slice + 4 + 8 + 4 * (uint64_t)o->g);
 }
 
 /* Cross-option checks, then the hyper-parameters resolved as the backend will. */
@@ -988,6 +1026,10 @@ static void print_table(FILE *f, const struct report *r, const struct opts *o)
 	fprintf(f, "  S = %" PRIu64 ", batch %u (%u streams), %s, backend %s (%s), %u threads\n",
 		o->S, o->batch, o->batch * p->n_kv, sparq_dtype_name(o->dtype), o->backend, r->isa,
 		o->n_threads);
+	fprintf(f, "  key slice %s: %u bytes per position and KV head (native %u)\n",
+		sparq_slice_format_name(r->key_slice),
+		sparq_slice_position_bytes(r->key_slice, p->d, o->dtype),
+		sparq_slice_position_bytes(SPARQ_SLICE_NATIVE, p->d, o->dtype));
 	if (o->have_r)
 		snprintf(v, sizeof(v), "explicit");
 	else
@@ -1133,6 +1175,10 @@ static int kernel_write_csv(struct bench_csv *c, const struct report *r, const s
 	char km[32];
 
 	kmode_name(km, sizeof(km), o->have_r, o->r, o->k, o->ratio);
+	/* the format rides on the k-mode label, so the columns stay as they were */
+	if (r->key_slice != SPARQ_SLICE_NATIVE)
+		snprintf(km + strlen(km), sizeof(km) - strlen(km), "-%s",
+			 sparq_slice_format_name(r->key_slice));
 	bench_csv_str(c, o->backend);
 	bench_csv_str(c, o->preset->name);
 	bench_csv_u64(c, o->S);
@@ -1155,7 +1201,7 @@ static int kernel_write_csv(struct bench_csv *c, const struct report *r, const s
 	bench_csv_num(c, true, r->bw.read_gbs);
 	bench_csv_num(c, true, r->rel_err);
 	bench_csv_end_row(c);
-	return bench_csv_close(c);
+	return 0;
 }
 
 /* ---- JSON ---- */
@@ -1216,6 +1262,7 @@ static void print_json(FILE *f, const struct report *r, const struct opts *o)
 	json_u64(f, "g", o->g, &first);
 	json_u64(f, "d", o->preset->d, &first);
 	json_str(f, "dtype", sparq_dtype_name(o->dtype), &first);
+	json_str(f, "key_slice", sparq_slice_format_name(r->key_slice), &first);
 	json_u64(f, "threads", o->n_threads, &first);
 	json_str(f, "isa", r->isa, &first);
 	json_u64(f, "blend", sq->used.blend, &first);
@@ -1285,7 +1332,7 @@ static void backend_detail(const char *name, char *out, size_t n, bool print_all
 
 static int open_backend(struct bench *b, const struct opts *o, struct report *r)
 {
-	struct sparq_backend_config cfg = { .n_threads = o->n_threads };
+	struct sparq_backend_config cfg = { .n_threads = o->n_threads, .key_slice = r->key_slice };
 	int ret = sparq_backend_open(o->backend, &cfg, &b->be);
 
 	if (ret) {
@@ -1338,42 +1385,25 @@ out:
 	return ret;
 }
 
-static int run_kernel(const struct opts *o)
+/*
+ * One key-slice format, start to end: backend, streams (the same seeds for every
+ * format, so both see the same keys and queries), the SparQ step and the dense one.
+ * r->bw and r->key_slice are set by the caller.
+ */
+static int run_kernel_format(const struct opts *o, struct report *r, struct bench_csv *csv)
 {
 	struct bench b = { 0 };
-	struct report r = { 0 };
 	struct sparq_attend_batch batch;
 	struct sparq_params dense;
 	FILE *table = o->json ? stderr : stdout;
-	struct bench_csv csv = { 0 };
-	size_t bw_bytes = BW_BYTES;
-	uint64_t phys = phys_bytes();
 	int ret;
 
-	if (o->csv) {
-		ret = bench_csv_open(&csv, o->csv, KERNEL_CSV_HEADER, PROG);
-		if (ret)
-			return ret;
-	}
-	ret = open_backend(&b, o, &r);
+	ret = open_backend(&b, o, r);
 	if (ret)
 		goto out;
-
-	/* on a small machine, keep the two buffers within a quarter of its memory */
-	if (phys && bw_bytes > phys / 8)
-		bw_bytes = (size_t)(phys / 8) & ~(size_t)4095;
-	fprintf(stderr, PROG ": measuring memory bandwidth (%u threads, 2 x %zu MiB)...\n",
-		o->n_threads, bw_bytes >> 20);
-	ret = bench_mem_bw(o->n_threads, bw_bytes, BW_REPS, &r.bw);
-	if (ret) {
-		fprintf(stderr, PROG ": memory bandwidth measurement failed: errno %d (%s)\n", -ret,
-			strerror(-ret));
-		goto out;
-	}
-
-	fprintf(stderr, PROG ": filling %u streams x %" PRIu64 " positions...\n",
-		o->batch * o->preset->n_kv, o->S);
-	ret = bench_setup(&b, o, true, &r.setup_s);
+	fprintf(stderr, PROG ": filling %u streams x %" PRIu64 " positions (key slice %s)...\n",
+		o->batch * o->preset->n_kv, o->S, sparq_slice_format_name(r->key_slice));
+	ret = bench_setup(&b, o, true, &r->setup_s);
 	if (ret)
 		goto out;
 
@@ -1381,16 +1411,16 @@ static int run_kernel(const struct opts *o)
 	if (b.tm)
 		tier_manager_stats(b.tm, &ts0);
 	fprintf(stderr, PROG ": timing the SparQ step (%u calls)...\n", o->reps);
-	ret = time_attend(&b, &o->params, b.y, o->reps, &r.sq, &batch);
+	ret = time_attend(&b, &o->params, b.y, o->reps, &r->sq, &batch);
 	if (ret) {
 		report_attend_error("SparQ step", ret, &batch);
 		goto out;
 	}
 	if (b.tm) {
 		tier_manager_stats(b.tm, &ts1);
-		r.holds = ts1.holds - ts0.holds;
-		r.hold_misses = ts1.hold_misses - ts0.hold_misses;
-		ret = time_copied(&b, o, &r);
+		r->holds = ts1.holds - ts0.holds;
+		r->hold_misses = ts1.hold_misses - ts0.hold_misses;
+		ret = time_copied(&b, o, r);
 		if (ret)
 			goto out;
 	}
@@ -1399,26 +1429,109 @@ static int run_kernel(const struct opts *o)
 	dense = (struct sparq_params){ .r = 1, .k = (uint32_t)o->S, .l = -1,
 				       .blend = SPARQ_BLEND_AUTO };
 	fprintf(stderr, PROG ": timing dense attention (%u calls)...\n", o->dense_reps);
-	ret = time_attend(&b, &dense, b.y_dense, o->dense_reps, &r.dn, &batch);
+	ret = time_attend(&b, &dense, b.y_dense, o->dense_reps, &r->dn, &batch);
 	if (ret) {
 		report_attend_error("dense baseline", ret, &batch);
 		goto out;
 	}
 
-	derive(&r, &b, o);
+	derive(r, &b, o);
 	if (o->json) {
-		print_json(stdout, &r, o);
+		print_json(stdout, r, o);
 		fflush(stdout);
 	}
-	print_table(table, &r, o);
+	print_table(table, r, o);
 	if (o->csv)
-		ret = kernel_write_csv(&csv, &r, o);
+		ret = kernel_write_csv(csv, r, o);
+out:
+	bench_destroy(&b);
+	return ret;
+}
+
+/* --key-slice both: the two formats side by side, each against the same limit. */
+static void print_slice_comparison(FILE *f, const struct report *nat, const struct report *i8,
+				   const struct opts *o)
+{
+	char v[64], l[64], q[64], b1[32], b2[32];
+
+	fprintf(f, "\nkey slice int8 vs native (same data, same queries, one run)\n");
+	row(f, "quantity (one layer)", "int8", "native", "int8 / native");
+	snprintf(v, sizeof(v), "%.3f ms", i8->sq.med_ms[PH_SCORE]);
+	snprintf(l, sizeof(l), "%.3f ms", nat->sq.med_ms[PH_SCORE]);
+	snprintf(q, sizeof(q), "%.3f", ratio_of(i8->sq.med_ms[PH_SCORE], nat->sq.med_ms[PH_SCORE]));
+	row(f, "score phase (median)", v, l, q);
+	fmt_bytes(b1, sizeof(b1), i8->sq.slice_bytes);
+	fmt_bytes(b2, sizeof(b2), nat->sq.slice_bytes);
+	snprintf(q, sizeof(q), "%.3f", ratio_of((double)i8->sq.slice_bytes,
+						(double)nat->sq.slice_bytes));
+	row(f, "key slice bytes scored per call", b1, b2, q);
+	snprintf(v, sizeof(v), "%.3f ms", ratio_of((double)i8->sq.slice_bytes,
+						   i8->bw.read_gbs * 1e6));
+	snprintf(l, sizeof(l), "%.3f ms", ratio_of((double)nat->sq.slice_bytes,
+						   nat->bw.read_gbs * 1e6));
+	row(f, "score floor (slice / read bw)", v, l, NULL);
+	snprintf(v, sizeof(v), "%.2f of %.2f GB/s", i8->score_gbs, i8->bw.read_gbs);
+	snprintf(l, sizeof(l), "%.2f of %.2f GB/s", nat->score_gbs, nat->bw.read_gbs);
+	snprintf(q, sizeof(q), "%.2f / %.2f of read bw", i8->score_bw_fraction,
+		 nat->score_bw_fraction);
+	row(f, "key slice read rate", v, l, q);
+	snprintf(v, sizeof(v), "%.3f ms", i8->sq.med_ms[PH_STEP]);
+	snprintf(l, sizeof(l), "%.3f ms", nat->sq.med_ms[PH_STEP]);
+	snprintf(q, sizeof(q), "%.3f", ratio_of(i8->sq.med_ms[PH_STEP], nat->sq.med_ms[PH_STEP]));
+	row(f, "SparQ step (median)", v, l, q);
+	snprintf(v, sizeof(v), "%u B", sparq_slice_position_bytes(SPARQ_SLICE_INT8, o->preset->d,
+								   o->dtype));
+	snprintf(l, sizeof(l), "%u B", sparq_slice_position_bytes(SPARQ_SLICE_NATIVE,
+								   o->preset->d, o->dtype));
+	snprintf(q, sizeof(q), "%.3f",
+		 ratio_of(sparq_slice_position_bytes(SPARQ_SLICE_INT8, o->preset->d, o->dtype),
+			  sparq_slice_position_bytes(SPARQ_SLICE_NATIVE, o->preset->d, o->dtype)));
+	row(f, "slice memory per position, KV head", v, l, q);
+	snprintf(v, sizeof(v), "%.4f", i8->rel_err);
+	snprintf(l, sizeof(l), "%.4f", nat->rel_err);
+	row(f, "output error vs dense (rel. L2)", v, l, NULL);
+}
+
+static int run_kernel(const struct opts *o)
+{
+	struct report r[2];
+	struct bench_csv csv = { 0 };
+	size_t bw_bytes = BW_BYTES;
+	uint64_t phys = phys_bytes();
+	int ret = 0;
+
+	memset(r, 0, sizeof(r));
+	if (o->csv) {
+		ret = bench_csv_open(&csv, o->csv, KERNEL_CSV_HEADER, PROG);
+		if (ret)
+			return ret;
+	}
+	/* on a small machine, keep the two buffers within a quarter of its memory */
+	if (phys && bw_bytes > phys / 8)
+		bw_bytes = (size_t)(phys / 8) & ~(size_t)4095;
+	fprintf(stderr, PROG ": measuring memory bandwidth (%u threads, 2 x %zu MiB)...\n",
+		o->n_threads, bw_bytes >> 20);
+	ret = bench_mem_bw(o->n_threads, bw_bytes, BW_REPS, &r[0].bw);
+	if (ret) {
+		fprintf(stderr, PROG ": memory bandwidth measurement failed: errno %d (%s)\n", -ret,
+			strerror(-ret));
+		goto out;
+	}
+	for (uint32_t i = 0; i < o->n_key_slices && ret == 0; i++) {
+		r[i].bw = r[0].bw;
+		r[i].key_slice = o->key_slices[i];
+		if (i)
+			fprintf(o->json ? stderr : stdout, "\n");
+		ret = run_kernel_format(o, &r[i], &csv);
+	}
+	if (ret == 0 && o->n_key_slices == 2)
+		print_slice_comparison(o->json ? stderr : stdout, &r[0], &r[1], o);
 	/* read-pass checksum: printed so the pass is observable, not optimised away */
-	fprintf(stderr, PROG ": done (read-pass checksum %016" PRIx64 ")\n", r.bw.checksum);
+	if (ret == 0)
+		fprintf(stderr, PROG ": done (read-pass checksum %016" PRIx64 ")\n", r[0].bw.checksum);
 out:
 	if (bench_csv_close(&csv) && !ret)
 		ret = -EIO;
-	bench_destroy(&b);
 	return ret;
 }
 
@@ -2752,6 +2865,7 @@ struct gpu_opts {
 	const char *config, *csv, *jsonl;
 	bool json, dry_run;
 	double assume_h2d, assume_hbm;
+	enum sparq_slice_format key_slice;  /* the backend's key slices (--key-slice) */
 	/* derived */
 	char config_buf[48];
 	uint32_t g, n_items, n_threads, n_slots;
@@ -2763,7 +2877,7 @@ struct gpu_plan {
 	struct sparq_resolved res;
 	uint32_t n_sel;                /* min(k, S) rows per KV head */
 	uint64_t pcie_bytes;           /* records + q + y, all KV heads */
-	uint64_t slice_bytes;          /* S·r·2 per KV head */
+	uint64_t slice_bytes;          /* S·r·2 per KV head (int8 slice: S·(r + 4)) */
 	double transfer_ratio;
 };
 
@@ -2897,7 +3011,8 @@ static int parse_gpu_one(struct gpu_opts *o, int argc, char **argv, int *i)
 	}
 	if (!(IS("--preset") || IS("--context") || IS("--batch") || IS("--kmodes") || IS("--r") ||
 	      IS("--l") || IS("--reps") || IS("--layers") || IS("--threads") || IS("--config") ||
-	      IS("--csv") || IS("--jsonl") || IS("--h2d-gbs") || IS("--hbm-gbs")))
+	      IS("--csv") || IS("--jsonl") || IS("--h2d-gbs") || IS("--hbm-gbs") ||
+	      IS("--key-slice")))
 		return usage_error("unknown option '%s'", arg);
 	ret = opt_value(argc, argv, i, eq, &val);
 	if (ret)
@@ -2937,6 +3052,10 @@ static int parse_gpu_one(struct gpu_opts *o, int argc, char **argv, int *i)
 		ret = parse_gbs("--h2d-gbs", val, &o->assume_h2d);
 	} else if (IS("--hbm-gbs")) {
 		ret = parse_gbs("--hbm-gbs", val, &o->assume_hbm);
+	} else if (IS("--key-slice")) {
+		/* one format per run: each has its own memory figure and floor */
+		if (sparq_slice_format_parse(val, &o->key_slice))
+			return usage_error("--key-slice: expected native or int8, got '%s'", val);
 	}
 #undef IS
 	return ret;
@@ -2961,7 +3080,9 @@ static int gpu_plan_of(const struct gpu_opts *o, const struct gpu_kmode *m, stru
 	/* q up and y down, fp32, per query head */
 	pl->pcie_bytes = (uint64_t)o->n_items *
 			 ((uint64_t)pl->n_sel * o->rec_bytes + 2ull * o->g * p->d * sizeof(float));
-	pl->slice_bytes = (uint64_t)o->n_items * o->S * pl->res.r * 2;
+	/* what scoring reads from HBM: r channels, plus the scale of each int8 position */
+	pl->slice_bytes = (uint64_t)o->n_items * o->S *
+			  (o->key_slice == SPARQ_SLICE_INT8 ? pl->res.r + 4u : pl->res.r * 2u);
 	pl->transfer_ratio = ratio_of(sparq_transfer_sparq(o->S, p->d, pl->res.r, pl->res.k),
 				      sparq_transfer_dense(o->S, p->d));
 	return 0;
@@ -3072,6 +3193,10 @@ static int gpu_opts_from_kernel(const struct opts *k, struct gpu_opts *o)
 		o->km[0].params.ratio = (float)k->ratio;
 	}
 	kmode_name(o->km[0].name, sizeof(o->km[0].name), k->have_r, k->r, k->k, k->ratio);
+	if (k->n_key_slices != 1)
+		return usage_error("--backend cuda: give one --key-slice (native or int8); each "
+				   "is its own run of mode gpu");
+	o->key_slice = k->key_slices[0];
 	if (k->dtype != SPARQ_DTYPE_F16)
 		return usage_error("--backend cuda: the GPU benchmark stores fp16 (the dense "
 				   "baselines read fp16 records)");
@@ -3120,7 +3245,8 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 	fmt_bytes(b2, sizeof(b2), o->layer_bytes * o->layers);
 	fmt_bytes(b3, sizeof(b3), o->layer_bytes * o->n_slots);
 	fprintf(f, PROG " gpu --dry-run: %s, %s (%u q heads, %u KV heads, g = %u, d = %u, %u "
-		   "layers), fp16\n", o->config, p->name, p->n_q, p->n_kv, o->g, p->d, L);
+		   "layers), fp16, key slice %s\n", o->config, p->name, p->n_q, p->n_kv, o->g, p->d,
+		L, sparq_slice_format_name(o->key_slice));
 	fprintf(f, "  S = %" PRIu64 ", batch %u: %u KV-head streams per layer, %" PRIu64
 		   " B per record, %s of records per layer\n", o->S, o->batch, o->n_items,
 		o->rec_bytes, b1);
@@ -3130,7 +3256,8 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 		   "double-buffered over %u layers; check on S = %u first (tolerance %.0e)\n",
 		o->n_slots, b3, GPU_OFFLOAD_LAYERS, GPU_CHECK_S, GPU_CHECK_TOL);
 	fprintf(f, "  formulas, per layer: pcie = n_kv_streams x (n_sel x %" PRIu64 " B + 2 x g x d x "
-		   "4 B); slice = n_kv_streams x S x r x 2 B\n", o->rec_bytes);
+		   "4 B); slice = n_kv_streams x S x %s\n", o->rec_bytes,
+		o->key_slice == SPARQ_SLICE_INT8 ? "(r x 1 B + 4 B scale)" : "r x 2 B");
 	fprintf(f, "    floor = pcie / H2D + slice / HBM; dense offload floor = layer / H2D; "
 		   "dense resident floor = layer / HBM\n");
 	fprintf(f, "    assumed here (not measured): H2D %.1f GB/s, HBM %.0f GB/s "
@@ -3157,8 +3284,10 @@ static void gpu_print_plan(FILE *f, const struct gpu_opts *o)
 		   "speedup over dense offload if SparQ ran at its floor and offload at its floor)\n",
 		L);
 	fprintf(f, "  GPU bytes per token per KV head per layer: dense resident %" PRIu64
-		   " (2 x d x 2 B); SparQ fp16 key slice %u (d x 2 B) plus the backend's own\n",
-		o->rec_bytes, p->d * 2);
+		   " (2 x d x 2 B); SparQ %s key slice %u (%s) plus the backend's own\n",
+		o->rec_bytes, o->key_slice == SPARQ_SLICE_INT8 ? "int8" : "fp16",
+		sparq_slice_position_bytes(o->key_slice, p->d, SPARQ_DTYPE_F16),
+		o->key_slice == SPARQ_SLICE_INT8 ? "d x 1 B + 4 B" : "d x 2 B");
 }
 
 /* ---- output ---- */
@@ -3169,7 +3298,9 @@ static void gpu_print_table(FILE *f, const struct gpu_report *r, const struct gp
 	char v[64], l[96], q[96], b1[32];
 
 	fprintf(f, PROG " gpu: %s, %s, S = %" PRIu64 ", batch %u (%u KV-head streams per layer), "
-		   "fp16\n", o->config, p->name, o->S, o->batch, o->n_items);
+		   "fp16, key slice %s (%u B per position and KV head)\n", o->config, p->name, o->S,
+		o->batch, o->n_items, sparq_slice_format_name(o->key_slice),
+		sparq_slice_position_bytes(o->key_slice, p->d, SPARQ_DTYPE_F16));
 	fprintf(f, "  device: %s (sm_%d%d, %d SMs, %.0f GiB, L2 %.0f MiB)\n", r->dev, r->cc_major,
 		r->cc_minor, r->sm_count, (double)r->dev_mem / (1u << 30),
 		(double)r->l2_bytes / (1u << 20));
@@ -3293,6 +3424,7 @@ static void gpu_print_json(FILE *f, const struct gpu_report *r, const struct gpu
 	json_str(f, "mode", "gpu", &first);
 	json_u64(f, "dry_run", r->dry_run, &first);
 	json_str(f, "config", o->config, &first);
+	json_str(f, "key_slice", sparq_slice_format_name(o->key_slice), &first);
 	json_str(f, "preset", o->preset->name, &first);
 	json_u64(f, "S", o->S, &first);
 	json_u64(f, "batch", o->batch, &first);
@@ -3663,7 +3795,7 @@ out:
 static int gpu_sparq_setup(struct gpu_sparq *s, const struct gpu_opts *o, const uint16_t *rec,
 			   char *why, size_t why_len)
 {
-	struct sparq_backend_config cfg = { .n_threads = o->n_threads };
+	struct sparq_backend_config cfg = { .n_threads = o->n_threads, .key_slice = o->key_slice };
 	uint32_t d = o->preset->d;
 	size_t nq = (size_t)o->layers * GPU_QSETS * o->n_items * o->g * d;
 	const char *w = NULL;

@@ -31,6 +31,14 @@ struct sparq_cpu_kernels {
 		      uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt, float *z,
 		      size_t zs);
 	/*
+	 * The int8 slice (quant.h): z[h*zs + j] = scale[j] · Σ_i qc[h*r + i] · q8[comp[i]][j],
+	 * the sum in fp32 in channel order as score's, then one multiply by the scale.
+	 * Same contract otherwise.
+	 */
+	float (*score_i8)(const int8_t *q8, const float *scale, uint32_t cap, uint32_t n,
+			  const uint32_t *comp, uint32_t r, const float *qc, uint32_t G, float *z,
+			  size_t zs);
+	/*
 	 * Σ exp(x[j] - m) over j < n whose bit j of exclude is clear (exclude may be NULL);
 	 * when out is given, out[j] = exp(x[j] - m) for those j.
 	 */
@@ -46,6 +54,15 @@ struct sparq_cpu_kernels {
 };
 
 extern const struct sparq_cpu_kernels sparq_cpu_kernels_portable;
+
+struct sparq_slice;
+/*
+ * Writes already quantized keys (rows q_rows [n][d] and their scales) at pos..pos+n-1
+ * of an int8 CPU slice: the CUDA backend's move of a slice off the GPU, which must not
+ * quantize twice. -EINVAL for a slice of another format, -ENOMEM.
+ */
+int sparq_cpu_slice_write_q8(struct sparq_slice *sl, uint32_t pos, uint32_t n,
+			     const int8_t *q_rows, const float *scale);
 /* NULL where the AVX2 path is not compiled in (non-x86 builds). */
 const struct sparq_cpu_kernels *sparq_cpu_kernels_avx2(void);
 

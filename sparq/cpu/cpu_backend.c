@@ -11,7 +11,8 @@
  * last block may be smaller, and it doubles as it fills, so short streams stay small
  * and an append never rewrites more than that one block. Block capacities are
  * multiples of the kernel tile and unused tail positions are zero, so scoring runs
- * whole tiles without a remainder loop.
+ * whole tiles without a remainder loop. In the int8 format (backend.h, quant.h) a
+ * block holds int8 channels plus one fp32 scale per position instead of fp16/bf16.
  *
  * Scratch memory lives in the backend and is reused across calls (no page faults
  * on the decode path); attend calls on one backend are therefore serialized.
@@ -28,6 +29,7 @@
 
 #include "../backend-impl.h"
 #include "../half.h"
+#include "../quant.h"
 #include "../stream.h"
 #include "cpu-impl.h"
 #include "pool.h"
@@ -36,12 +38,15 @@
 #define SLICE_BLOCK 16384u
 
 struct cpu_block {
-	uint16_t *kt;   /* [d][cap] */
+	uint16_t *kt;   /* [d][cap] native format, else NULL */
+	int8_t *q8;     /* [d][cap] int8 format, else NULL */
+	float *scale;   /* [cap] int8 format: s_j of each position */
 	uint32_t cap;
 };
 
 struct cpu_slice {
 	struct sparq_slice pub;
+	enum sparq_slice_format fmt;
 	uint32_t n_blocks, cap_blocks;
 	struct cpu_block *blocks;
 };
@@ -49,6 +54,7 @@ struct cpu_slice {
 struct cpu_ctx {
 	struct sparq_backend pub;
 	const struct sparq_cpu_kernels *k;
+	enum sparq_slice_format fmt;  /* of every slice this backend creates */
 	struct sparq_pool *pool;
 	pthread_mutex_t mu;      /* one attend at a time: the scratch arena is shared */
 	uint8_t *scratch;
@@ -122,6 +128,7 @@ static int cpu_slice_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct s
 	sl->pub.owner = &cx->pub;
 	sl->pub.d = d;
 	sl->pub.dtype = dt;
+	sl->fmt = cx->fmt;
 	*out = &sl->pub;
 	return 0;
 }
@@ -133,16 +140,56 @@ static void cpu_slice_destroy(void *ctx, struct sparq_slice *pub)
 	(void)ctx;
 	if (!sl)
 		return;
-	for (uint32_t b = 0; b < sl->n_blocks; b++)
+	for (uint32_t b = 0; b < sl->n_blocks; b++) {
 		free(sl->blocks[b].kt);
+		free(sl->blocks[b].q8);
+		free(sl->blocks[b].scale);
+	}
 	free(sl->blocks);
 	free(sl);
+}
+
+/*
+ * A zeroed block of capacity cap in the slice's format, holding a copy of the first
+ * old->cap positions of old when old is given.
+ */
+static int block_alloc(const struct cpu_slice *sl, uint32_t cap, const struct cpu_block *old,
+		       struct cpu_block *out)
+{
+	uint32_t d = sl->pub.d;
+	struct cpu_block nb = { .cap = cap };
+
+	if (sl->fmt == SPARQ_SLICE_INT8) {
+		nb.q8 = calloc((size_t)d * cap, 1);
+		nb.scale = calloc(cap, sizeof(float));
+		if (!nb.q8 || !nb.scale) {
+			free(nb.q8);
+			free(nb.scale);
+			return -ENOMEM;
+		}
+	} else {
+		nb.kt = calloc((size_t)d * cap, sizeof(uint16_t));
+		if (!nb.kt)
+			return -ENOMEM;
+	}
+	for (uint32_t c = 0; old && c < d; c++) {
+		if (nb.q8)
+			memcpy(nb.q8 + (size_t)c * cap, old->q8 + (size_t)c * old->cap, old->cap);
+		else
+			memcpy(nb.kt + (size_t)c * cap, old->kt + (size_t)c * old->cap,
+			       old->cap * sizeof(uint16_t));
+	}
+	if (old && nb.scale)
+		memcpy(nb.scale, old->scale, old->cap * sizeof(float));
+	*out = nb;
+	return 0;
 }
 
 /* Makes block b able to hold offset off (b is the last block or a new one). */
 static int slice_reserve(struct cpu_slice *sl, uint32_t b, uint32_t off)
 {
-	uint32_t d = sl->pub.d;
+	struct cpu_block nb;
+	int ret;
 
 	if (b >= sl->n_blocks) {
 		if (b >= sl->cap_blocks) {
@@ -154,11 +201,10 @@ static int slice_reserve(struct cpu_slice *sl, uint32_t b, uint32_t off)
 			sl->cap_blocks = cap;
 		}
 		/* a stream past its first block is long: later blocks start full-size */
-		uint32_t cap = b == 0 ? SPARQ_CPU_TILE : SLICE_BLOCK;
-		uint16_t *kt = calloc((size_t)d * cap, sizeof(uint16_t));
-		if (!kt)
-			return -ENOMEM;
-		sl->blocks[b] = (struct cpu_block){ .kt = kt, .cap = cap };
+		ret = block_alloc(sl, b == 0 ? SPARQ_CPU_TILE : SLICE_BLOCK, NULL, &nb);
+		if (ret)
+			return ret;
+		sl->blocks[b] = nb;
 		sl->n_blocks = b + 1;
 	}
 	struct cpu_block *blk = &sl->blocks[b];
@@ -167,15 +213,28 @@ static int slice_reserve(struct cpu_slice *sl, uint32_t b, uint32_t off)
 	uint32_t cap = blk->cap;
 	while (cap <= off)
 		cap *= 2;
-	uint16_t *kt = calloc((size_t)d * cap, sizeof(uint16_t));
-	if (!kt)
-		return -ENOMEM;
-	for (uint32_t c = 0; c < d; c++)
-		memcpy(kt + (size_t)c * cap, blk->kt + (size_t)c * blk->cap,
-		       blk->cap * sizeof(uint16_t));
+	ret = block_alloc(sl, cap, blk, &nb);
+	if (ret)
+		return ret;
 	free(blk->kt);
-	blk->kt = kt;
-	blk->cap = cap;
+	free(blk->q8);
+	free(blk->scale);
+	*blk = nb;
+	return 0;
+}
+
+/* Reserves every block positions pos..pos+n-1 touch, before anything is written: a
+ * failure then leaves the positions below pos as they were (spare capacity is harmless). */
+static int slice_reserve_range(struct cpu_slice *sl, uint32_t pos, uint32_t n)
+{
+	uint32_t last = pos + n - 1;
+
+	for (uint32_t b = pos / SLICE_BLOCK; b <= last / SLICE_BLOCK; b++) {
+		int ret = slice_reserve(sl, b, b == last / SLICE_BLOCK ? last % SLICE_BLOCK
+								   : SLICE_BLOCK - 1);
+		if (ret)
+			return ret;
+	}
 	return 0;
 }
 
@@ -187,20 +246,23 @@ static int cpu_slice_write(void *ctx, struct sparq_slice *pub, uint32_t pos, uin
 	int ret;
 
 	(void)ctx;
-	/* reserve every block the append touches before writing: a failure then leaves
-	 * the positions below pos as they were (spare capacity is harmless) */
-	uint32_t last = pos + n - 1;
-	for (uint32_t b = pos / SLICE_BLOCK; b <= last / SLICE_BLOCK; b++) {
-		ret = slice_reserve(sl, b, b == last / SLICE_BLOCK ? last % SLICE_BLOCK
-								: SLICE_BLOCK - 1);
-		if (ret)
-			return ret;
-	}
+	if (n == 0)
+		return 0;
+	ret = slice_reserve_range(sl, pos, n);
+	if (ret)
+		return ret;
 	for (uint32_t i = 0; i < n;) {
 		uint32_t p = pos + i, b = p / SLICE_BLOCK, off = p % SLICE_BLOCK;
 		uint32_t run = SLICE_BLOCK - off < n - i ? SLICE_BLOCK - off : n - i;
 
 		struct cpu_block *blk = &sl->blocks[b];
+		if (sl->fmt == SPARQ_SLICE_INT8) {
+			/* quantized straight into the channel-major block (quant.h) */
+			sparq_quant_rows(k_rows + (size_t)i * d, run, d, pub->dtype,
+					 blk->q8 + off, blk->cap, 1, blk->scale + off);
+			i += run;
+			continue;
+		}
 		/* transpose the run channel by channel: each write stream stays sequential */
 		for (uint32_t c = 0; c < d; c++) {
 			uint16_t *dst = blk->kt + (size_t)c * blk->cap + off;
@@ -209,6 +271,31 @@ static int cpu_slice_write(void *ctx, struct sparq_slice *pub, uint32_t pos, uin
 				dst[t] = src[(size_t)t * d];
 		}
 		i += run;
+	}
+	return 0;
+}
+
+int sparq_cpu_slice_write_q8(struct sparq_slice *pub, uint32_t pos, uint32_t n,
+			     const int8_t *q_rows, const float *scale)
+{
+	struct cpu_slice *sl = (struct cpu_slice *)pub;
+	uint32_t d = pub->d;
+	int ret;
+
+	if (sl->fmt != SPARQ_SLICE_INT8)
+		return -EINVAL;
+	if (n == 0)
+		return 0;
+	ret = slice_reserve_range(sl, pos, n);
+	if (ret)
+		return ret;
+	for (uint32_t t = 0; t < n; t++) {
+		uint32_t p = pos + t, off = p % SLICE_BLOCK;
+		struct cpu_block *blk = &sl->blocks[p / SLICE_BLOCK];
+
+		for (uint32_t c = 0; c < d; c++)
+			blk->q8[(size_t)c * blk->cap + off] = q_rows[(size_t)t * d + c];
+		blk->scale[off] = scale[t];
 	}
 	return 0;
 }
@@ -285,8 +372,10 @@ static void phase_score(struct call *c, struct item_work *w)
 		uint32_t n = w->S - base < blk->cap ? w->S - base : blk->cap;
 
 		n = (n + SPARQ_CPU_TILE - 1) / SPARQ_CPU_TILE * SPARQ_CPU_TILE;
-		float b_big = k->score(blk->kt, blk->cap, n, w->comp, r, w->q_comp, G, dt,
-				       out + base, w->S_pad);
+		float b_big = blk->q8 ? k->score_i8(blk->q8, blk->scale, blk->cap, n, w->comp, r,
+						    w->q_comp, G, out + base, w->S_pad)
+				      : k->score(blk->kt, blk->cap, n, w->comp, r, w->q_comp, G, dt,
+						 out + base, w->S_pad);
 		big = (b_big > big || b_big != b_big) ? b_big : big;
 	}
 
@@ -680,7 +769,11 @@ static int cpu_attend(void *ctx, struct sparq_attend_batch *b)
 	if (ret)
 		goto out;
 	for (uint32_t i = 0; i < b->n; i++) {
-		if (!w[i].dense)
+		if (!w[i].dense && w[i].sl->fmt == SPARQ_SLICE_INT8)
+			/* r int8 channels and the scales */
+			b->stats.slice_bytes += (uint64_t)(w[i].it->used.r + sizeof(float)) *
+						w[i].S_pad;
+		else if (!w[i].dense)
 			b->stats.slice_bytes += (uint64_t)w[i].it->used.r * w[i].S_pad *
 						sparq_dtype_size(w[i].sl->pub.dtype);
 		struct sparq_attend_item *it = w[i].it;
@@ -750,11 +843,12 @@ int sparq_cpu_backend_create(const struct sparq_backend_config *cfg, struct spar
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		threads = n > 0 ? (uint32_t)n : 1;
 	}
-	if (threads > 256)
+	if (threads > 256 || (cfg && !sparq_slice_format_name(cfg->key_slice)))
 		return -EINVAL;
 	cx = calloc(1, sizeof(*cx));
 	if (!cx)
 		return -ENOMEM;
+	cx->fmt = cfg ? cfg->key_slice : SPARQ_SLICE_NATIVE;
 	cx->k = (cfg && cfg->cpu_portable) ? NULL : sparq_cpu_kernels_avx2();
 	if (!cx->k)
 		cx->k = &sparq_cpu_kernels_portable;
@@ -766,7 +860,8 @@ int sparq_cpu_backend_create(const struct sparq_backend_config *cfg, struct spar
 	pthread_mutex_init(&cx->mu, NULL);
 	cx->pub.ops = &cpu_ops;
 	cx->pub.ctx = cx;
-	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%s, %u threads", cx->k->isa, threads);
+	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%s, %u threads%s", cx->k->isa, threads,
+		 cx->fmt == SPARQ_SLICE_INT8 ? ", int8 key slice" : "");
 	*out = &cx->pub;
 	return 0;
 }

@@ -42,9 +42,20 @@ AVX2_INLINE __m256 load8(const uint16_t *p, enum sparq_dtype dt)
 	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-AVX2_INLINE __m256 score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
-			       const uint32_t *comp, uint32_t r, const float *qc,
-			       enum sparq_dtype dt, float *z, size_t zs, const int G, const int P)
+/* 8 int8 channel entries of the int8 slice, sign-extended and converted exactly. */
+AVX2_INLINE __m256 load8_i8(const int8_t *p)
+{
+	return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/*
+ * kt is the fp16/bf16 slice, or (I8) q8 the int8 one with its scales: the constants
+ * I8, G and P specialise each inlined copy.
+ */
+AVX2_INLINE __m256 score_tiles(const uint16_t *kt, const int8_t *q8, const float *scale,
+			       uint32_t cap, uint32_t n, const uint32_t *comp, uint32_t r,
+			       const float *qc, enum sparq_dtype dt, float *z, size_t zs,
+			       const int I8, const int G, const int P)
 {
 	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	__m256 big = _mm256_setzero_ps();
@@ -56,19 +67,36 @@ AVX2_INLINE __m256 score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
 			for (int p = 0; p < P; p++)
 				acc[h][p] = _mm256_setzero_ps();
 		for (uint32_t i = 0; i < r; i++) {
-			const uint16_t *src = kt + (size_t)comp[i] * cap + j;
 			__m256 kv[8];
 
 			/* r interleaved runs defeat the hardware prefetcher: fetch each run
-			 * ahead by hand, one hint per 64-byte line */
-			for (int p = 0; p < P; p += 4)
-				_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH), _MM_HINT_T0);
-			for (int p = 0; p < P; p++)
-				kv[p] = load8(src + 8 * p, dt);
+			 * ahead by hand, one hint per 64-byte line (32 fp16, 64 int8), the
+			 * same 2 KiB ahead */
+			if (!I8) {
+				const uint16_t *src = kt + (size_t)comp[i] * cap + j;
+				for (int p = 0; p < P; p += 4)
+					_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH),
+						     _MM_HINT_T0);
+				for (int p = 0; p < P; p++)
+					kv[p] = load8(src + 8 * p, dt);
+			} else {
+				const int8_t *src = q8 + (size_t)comp[i] * cap + j;
+				_mm_prefetch((const char *)(src + 2 * SCORE_PREFETCH), _MM_HINT_T0);
+				for (int p = 0; p < P; p++)
+					kv[p] = load8_i8(src + 8 * p);
+			}
 			for (int h = 0; h < G; h++) {
 				__m256 qv = _mm256_broadcast_ss(qc + (size_t)h * r + i);
 				for (int p = 0; p < P; p++)
 					acc[h][p] = _mm256_fmadd_ps(qv, kv[p], acc[h][p]);
+			}
+		}
+		if (I8) {
+			/* the int8 slice: each position's scale once, after the channel sum */
+			for (int p = 0; p < P; p++) {
+				__m256 sv = _mm256_loadu_ps(scale + j + 8 * p);
+				for (int h = 0; h < G; h++)
+					acc[h][p] = _mm256_mul_ps(acc[h][p], sv);
 			}
 		}
 		for (int h = 0; h < G; h++)
@@ -81,30 +109,45 @@ AVX2_INLINE __m256 score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n,
 	return big;
 }
 
-AVX2 static float score_avx2(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
-			     uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
-			     float *z, size_t zs)
+AVX2_INLINE float score_heads(const uint16_t *kt, const int8_t *q8, const float *scale,
+			      uint32_t cap, uint32_t n, const uint32_t *comp, uint32_t r,
+			      const float *qc, uint32_t G, enum sparq_dtype dt, float *z, size_t zs,
+			      const int I8)
 {
 	/* heads in chunks of 4, 2, 1; tile widths 16, 32, 64 keep ≤ 13 live registers */
 	__m256 big = _mm256_setzero_ps();
 	uint32_t h = 0;
 
 	for (; h + 4 <= G; h += 4)
-		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
-						z + h * zs, zs, 4, 2), big);
+		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						dt, z + h * zs, zs, I8, 4, 2), big);
 	if (h + 2 <= G) {
-		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
-						z + h * zs, zs, 2, 4), big);
+		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						dt, z + h * zs, zs, I8, 2, 4), big);
 		h += 2;
 	}
 	if (h < G)
-		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
-						z + h * zs, zs, 1, 8), big);
+		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						dt, z + h * zs, zs, I8, 1, 8), big);
 	float lanes[8], m = 0.0f;
 	_mm256_storeu_ps(lanes, big);
 	for (int i = 0; i < 8; i++)
 		m = (lanes[i] > m || lanes[i] != lanes[i]) ? lanes[i] : m;
 	return m;
+}
+
+AVX2 static float score_avx2(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
+			     uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
+			     float *z, size_t zs)
+{
+	return score_heads(kt, NULL, NULL, cap, n, comp, r, qc, G, dt, z, zs, 0);
+}
+
+AVX2 static float score_i8_avx2(const int8_t *q8, const float *scale, uint32_t cap, uint32_t n,
+				const uint32_t *comp, uint32_t r, const float *qc, uint32_t G,
+				float *z, size_t zs)
+{
+	return score_heads(NULL, q8, scale, cap, n, comp, r, qc, G, SPARQ_DTYPE_F16, z, zs, 1);
 }
 
 /* exp for x <= 0 to within 2 ulp: 2^n · p(f) with a degree-6 minimax polynomial. */
@@ -307,6 +350,7 @@ AVX2 static void attend_rows_avx2(const void *const *rows, uint32_t n, uint32_t 
 static const struct sparq_cpu_kernels avx2_kernels = {
 	.isa = "AVX2+FMA+F16C",
 	.score = score_avx2,
+	.score_i8 = score_i8_avx2,
 	.exp_shift = exp_shift_avx2,
 	.attend_rows = attend_rows_avx2,
 };

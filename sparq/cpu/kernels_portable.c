@@ -36,6 +36,33 @@ static float score_portable(const uint16_t *kt, uint32_t cap, uint32_t n, const 
 	return big;
 }
 
+static float score_i8_portable(const int8_t *q8, const float *scale, uint32_t cap, uint32_t n,
+			       const uint32_t *comp, uint32_t r, const float *qc, uint32_t G,
+			       float *z, size_t zs)
+{
+	float big = 0.0f;
+
+	for (uint32_t h = 0; h < G; h++) {
+		float *zh = z + h * zs;
+
+		for (uint32_t j = 0; j < n; j++)
+			zh[j] = 0.0f;
+		for (uint32_t i = 0; i < r; i++) {
+			const int8_t *row = q8 + (size_t)comp[i] * cap;
+			float qv = qc[h * r + i];
+
+			for (uint32_t j = 0; j < n; j++)
+				zh[j] += qv * (float)row[j];
+		}
+		/* the scale once per position, after the channel sum (quant.h) */
+		for (uint32_t j = 0; j < n; j++) {
+			zh[j] *= scale[j];
+			big = (fabsf(zh[j]) > big || zh[j] != zh[j]) ? fabsf(zh[j]) : big;
+		}
+	}
+	return big;
+}
+
 static double exp_shift_portable(const float *x, uint32_t n, float m, const uint64_t *exclude,
 				 float *out)
 {
@@ -89,6 +116,7 @@ static void attend_rows_portable(const void *const *rows, uint32_t n, uint32_t d
 const struct sparq_cpu_kernels sparq_cpu_kernels_portable = {
 	.isa = "portable C",
 	.score = score_portable,
+	.score_i8 = score_i8_portable,
 	.exp_shift = exp_shift_portable,
 	.attend_rows = attend_rows_portable,
 };

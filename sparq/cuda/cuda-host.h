@@ -57,6 +57,7 @@ struct cu_ctx {
 				     * (recursive: the append and create wrappers hold it
 				     * across slice.c, which takes it too) */
 	struct cu_pool pool;
+	enum sparq_slice_format key_slice; /* of every slice, and of the internal CPU backend's */
 	/* key-append staging: pinned host → device, then a scatter kernel */
 	uint16_t *h_stage, *d_stage;
 	size_t stage_bytes;
@@ -91,6 +92,7 @@ struct cu_ctx {
 /* The GPU state of one stream's slice (sparq_slice.ext of the CPU slice it wraps). */
 struct cu_slice {
 	bool on_gpu;          /* false: the CPU slice it wraps holds the keys */
+	bool i8;              /* int8 pages: [d][per_page] int8, then [per_page] fp32 scales */
 	uint32_t d;
 	uint32_t per_page;    /* positions per page */
 	uint32_t len;         /* positions written */

@@ -11,7 +11,9 @@
  *
  * Key slices live in pages of SPARQ_CU_PAGE_BYTES, each channel-major [d][P] with
  * P = sparq_cu_page_positions(d) positions, a multiple of SPARQ_CU_TILE, so that a
- * scoring tile never straddles two pages.
+ * scoring tile never straddles two pages. An int8 slice's page (backend.h, quant.h)
+ * holds int8 channels [d][P] and then the positions' fp32 scales [P], with
+ * P = sparq_cu_page_positions_i8(d): about twice the positions per page.
  */
 #ifndef SPARQ_CUDA_IMPL_H
 #define SPARQ_CUDA_IMPL_H
@@ -32,6 +34,19 @@ extern "C" {
 static inline uint32_t sparq_cu_page_positions(uint32_t d)
 {
 	return SPARQ_CU_PAGE_BYTES / (2u * d) / SPARQ_CU_TILE * SPARQ_CU_TILE;
+}
+
+/* Positions per int8 page: d int8 channels and one fp32 scale each. */
+static inline uint32_t sparq_cu_page_positions_i8(uint32_t d)
+{
+	return SPARQ_CU_PAGE_BYTES / (d + 4u) / SPARQ_CU_TILE * SPARQ_CU_TILE;
+}
+
+/* The scales of an int8 page: after its d channels of P positions (4-byte aligned,
+ * P being a multiple of SPARQ_CU_TILE). */
+static inline uint32_t sparq_cu_page_scale_offset(uint32_t d, uint32_t P)
+{
+	return d * P;
 }
 
 /* One item of a call as the kernels see it; every pointer is a device address. */
@@ -108,7 +123,10 @@ static inline uint32_t sparq_cu_ex_rows(uint32_t rec_bytes, uint32_t g)
 
 /* One scoring tile: SPARQ_CU_TILE positions of one item, inside one page. */
 struct sparq_cu_tile {
-	const uint16_t *kt;      /* page base: channel c of column t at kt[c * pitch + t] */
+	const uint16_t *kt;      /* page base: channel c of column t at kt[c * pitch + t];
+				  * NULL in an int8 slice */
+	const int8_t *q8;        /* int8 slice: its page base, the same layout, else NULL */
+	const float *scale;      /* int8 slice: the page's scales [pitch] */
 	uint32_t pitch;          /* positions per page */
 	uint32_t col;            /* first column of the tile in the page */
 	uint32_t pos;            /* stream position of that column */
@@ -172,6 +190,14 @@ cudaError_t sparq_cu_launch_rc_probe(cudaStream_t st, const struct sparq_cu_item
  */
 cudaError_t sparq_cu_launch_scatter(cudaStream_t st, const uint16_t *src, uint32_t n,
 				    uint32_t d, uint16_t *page, uint32_t pitch, uint32_t col);
+/*
+ * The int8 append (kernels_score.cu): quantized rows q [n][d] and their scales [n]
+ * (device, quantized on the host by quant.h) written as columns col..col+n-1 of an
+ * int8 page of pitch positions.
+ */
+cudaError_t sparq_cu_launch_scatter_i8(cudaStream_t st, const int8_t *q, const float *scale,
+				       uint32_t n, uint32_t d, int8_t *page, uint32_t pitch,
+				       uint32_t col);
 
 #ifdef __cplusplus
 }

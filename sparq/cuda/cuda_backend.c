@@ -114,14 +114,42 @@ void cu_update_detail(struct cu_ctx *cx)
 	char d[320];
 
 	/* degraded first: the detail is cut at 160 bytes */
-	snprintf(d, sizeof(d), "%s%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (%s)%s",
+	snprintf(d, sizeof(d), "%s%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (%s)%s%s",
 		 cx->degraded ? "DEGRADED (CUDA error: every call on the CPU); " : "",
 		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
 		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices,
 		 cx->n_lost ? "no room or CUDA error" : "no room",
+		 cx->key_slice == SPARQ_SLICE_INT8 ? "; int8 key slice" : "",
 		 cx->kernels_v1 ? "; kernels v1" : cx->rc_off ? "; kernels v2, no row cache"
 							  : "; kernels v2");
 	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%.159s", d);
+}
+
+/* The scoring tile k of item i: SPARQ_CU_TILE positions from pos, inside one page. */
+static struct sparq_cu_tile cu_tile_of(const struct cu_slice *cs, uint32_t pos, uint32_t i,
+				       uint32_t k)
+{
+	const void *page = cs->pages[pos / cs->per_page];
+	struct sparq_cu_tile tl = {
+		.pitch = cs->per_page, .col = pos % cs->per_page, .pos = pos, .item = i, .t = k,
+	};
+
+	if (cs->i8) {
+		tl.q8 = page;
+		tl.scale = (const float *)((const int8_t *)page +
+					   sparq_cu_page_scale_offset(cs->d, cs->per_page));
+	} else {
+		tl.kt = page;
+	}
+	return tl;
+}
+
+/* Key-slice bytes scoring reads for r channels of S positions (the stats' slice_bytes). */
+static uint64_t cu_scored_bytes(const struct cu_ctx *cx, uint32_t r, uint32_t S)
+{
+	/* int8: r bytes and a 4-byte scale per position; native: r fp16/bf16 elements */
+	return cx->key_slice == SPARQ_SLICE_INT8 ? ((uint64_t)r + sizeof(float)) * S
+						 : (uint64_t)r * S * 2;
 }
 
 static bool masked(const uint64_t *ex, uint32_t j)
@@ -414,10 +442,7 @@ static void fill_inputs(struct cu_ctx *cx, struct plan *pl, uint32_t n, const st
 			       (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
 		for (uint32_t k = 0; k < p->n_tiles; k++) {
 			uint32_t pos = k * SPARQ_CU_TILE;
-			tiles[t++] = (struct sparq_cu_tile){
-				.kt = cs->pages[pos / cs->per_page], .pitch = cs->per_page,
-				.col = pos % cs->per_page, .pos = pos, .item = i, .t = k,
-			};
+			tiles[t++] = cu_tile_of(cs, pos, i, k);
 		}
 	}
 }
@@ -663,7 +688,7 @@ static int attend_gpu_v1(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		if (it->comp && !p->dense)
 			memcpy(it->comp, cx->h_buf + p->o_comp, p->r * sizeof(uint32_t));
 		if (!p->dense)
-			b->stats.slice_bytes += (uint64_t)p->r * p->S * 2;
+			b->stats.slice_bytes += cu_scored_bytes(cx, p->r, p->S);
 	}
 	if (b->mode == SPARQ_ATTEND_SELECT)
 		goto out;
@@ -957,10 +982,7 @@ static int fill_inputs2(struct cu_ctx *cx, struct plan *pl, uint32_t n, bool ful
 			memcpy(H + p->o_mask, it->exclude, (size_t)(p->S + 63) / 64 * sizeof(uint64_t));
 		for (uint32_t k = 0; k < p->n_tiles; k++) {
 			uint32_t pos = k * SPARQ_CU_TILE;
-			tiles[t++] = (struct sparq_cu_tile){
-				.kt = cs->pages[pos / cs->per_page], .pitch = cs->per_page,
-				.col = pos % cs->per_page, .pos = pos, .item = i, .t = k,
-			};
+			tiles[t++] = cu_tile_of(cs, pos, i, k);
 		}
 		if (zc) {
 			ret = walk_runs(p, (uint32_t *)(H + p->o_seg_pos), (uint64_t *)(H + p->o_seg_addr));
@@ -1122,7 +1144,7 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		if (it->comp && !p->dense)
 			memcpy(it->comp, cx->h_buf + p->o_comp, p->r * sizeof(uint32_t));
 		if (!p->dense)
-			b->stats.slice_bytes += (uint64_t)p->r * p->S * 2;
+			b->stats.slice_bytes += cu_scored_bytes(cx, p->r, p->S);
 		if (!full)
 			continue;
 		memcpy(it->y, cx->h_buf + p->o_y, (size_t)p->g * p->d * sizeof(float));
@@ -1607,6 +1629,8 @@ int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct spa
 						       : cudaErrorLaunchOutOfResources;
 		cx->log = cfg->log;
 		cx->log_user = cfg->log_user;
+		/* the internal CPU backend gets the same cfg: one format on both sides */
+		cx->key_slice = cfg->key_slice;
 	}
 	ret = sparq_cpu_backend_create(cfg, &cx->cpu);
 	if (ret) {

@@ -8,7 +8,9 @@
  *            head's logits — one block per tile of SPARQ_CU_TILE positions;
  *   softmax: the tiles' partials folded into max_h and Σ_j exp(z_h,j - max_h).
  * The arithmetic follows the CPU backend's order (heads summed 0..g-1, channels in
- * ascending order) so both backends round alike.
+ * ascending order) so both backends round alike. An int8 slice (quant.h) is scored the
+ * same way on q_jc, each head's sum then multiplied once by the position's scale s_j,
+ * as the CPU's int8 kernels do; its appends come through scatter_i8 below.
  */
 #include <math.h>
 
@@ -79,7 +81,10 @@ __global__ void score_kernel(const struct sparq_cu_item *items, const struct spa
 	const uint32_t j = tl.pos + threadIdx.x;
 	const bool valid = j < S;
 	const bool vis = valid && !cu_masked(it->mask, j);
-	const uint16_t *kcol = tl.kt + tl.col + threadIdx.x;
+	const uint16_t *kcol = tl.kt ? tl.kt + tl.col + threadIdx.x : NULL;
+	const int8_t *qcol = tl.q8 ? tl.q8 + tl.col + threadIdx.x : NULL;
+	/* int8: the position's scale, applied once per head after the channel sum */
+	const float s_j = qcol && valid ? tl.scale[tl.col + threadIdx.x] : 1.0f;
 	const float *qc = it->qc;
 	float zs = 0.0f;
 	bool bad = false;
@@ -97,7 +102,8 @@ __global__ void score_kernel(const struct sparq_cu_item *items, const struct spa
 		if (vis) {
 			for (uint32_t t = 0; t < r; t++) {
 				/* channel-major: the block reads one contiguous run per channel */
-				float kv = cu_elem(kcol[(size_t)comp[t] * tl.pitch], dt);
+				float kv = qcol ? (float)qcol[(size_t)comp[t] * tl.pitch]
+						: cu_elem(kcol[(size_t)comp[t] * tl.pitch], dt);
 #pragma unroll
 				for (uint32_t hh = 0; hh < HEAD_CHUNK; hh++)
 					if (hh < hn)
@@ -106,7 +112,7 @@ __global__ void score_kernel(const struct sparq_cu_item *items, const struct spa
 		}
 		for (uint32_t hh = 0; hh < hn; hh++) {
 			const uint32_t h = h0 + hh;
-			float zh = acc[hh];
+			float zh = qcol ? acc[hh] * s_j : acc[hh];
 
 			zs += zh;
 			bad |= vis && !isfinite(zh);
@@ -158,6 +164,32 @@ __global__ void softmax_kernel(const struct sparq_cu_item *items)
 			it->zden[h] = s;
 		}
 	}
+}
+
+/* page_scale: the page's scales (sparq_cu_page_scale_offset, computed by the launcher) */
+__global__ void scatter_i8_kernel(const int8_t *q, const float *scale, uint32_t n, uint32_t d,
+				  int8_t *page, float *page_scale, uint32_t pitch, uint32_t col)
+{
+	const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;  /* position */
+	const uint32_t c = blockIdx.y * blockDim.y + threadIdx.y;  /* channel */
+
+	if (i < n && c < d)
+		page[(size_t)c * pitch + col + i] = q[(size_t)i * d + c];
+	if (i < n && c == 0)
+		page_scale[col + i] = scale[i];
+}
+
+extern "C" cudaError_t sparq_cu_launch_scatter_i8(cudaStream_t st, const int8_t *q,
+						  const float *scale, uint32_t n, uint32_t d,
+						  int8_t *page, uint32_t pitch, uint32_t col)
+{
+	if (!q || !scale || !page || n == 0 || d == 0 || col + n > pitch)
+		return cudaErrorInvalidValue;
+	dim3 block(32, 8);
+	dim3 grid((n + 31) / 32, (d + 7) / 8);
+	float *page_scale = (float *)(page + sparq_cu_page_scale_offset(d, pitch));
+	scatter_i8_kernel<<<grid, block, 0, st>>>(q, scale, n, d, page, page_scale, pitch, col);
+	return cudaGetLastError();
 }
 
 extern "C" cudaError_t sparq_cu_launch_comp(cudaStream_t st, const struct sparq_cu_item *items,

@@ -6,11 +6,17 @@
  * keys written so far are copied back into that CPU slice, the pages are returned,
  * and from then on the stream is served by the CPU backend — it does not fail. The
  * backend.c wrappers see one owner throughout: the CPU slice is re-labelled as ours.
+ *
+ * int8 slices (backend.h) are quantized here on the host by quant.h, before the upload,
+ * so the GPU holds the very bytes the CPU backend would; moving one to the CPU copies
+ * those bytes, never quantizing twice.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../cpu/cpu-impl.h"
+#include "../quant.h"
 #include "cuda-host.h"
 
 int cu_slice_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct sparq_slice **out)
@@ -30,7 +36,8 @@ int cu_slice_create(void *ctx, uint32_t d, enum sparq_dtype dt, struct sparq_sli
 	}
 	cs->on_gpu = true;
 	cs->d = d;
-	cs->per_page = sparq_cu_page_positions(d);
+	cs->i8 = cx->key_slice == SPARQ_SLICE_INT8;
+	cs->per_page = cs->i8 ? sparq_cu_page_positions_i8(d) : sparq_cu_page_positions(d);
 	sl->owner = &cx->pub;
 	sl->ext = cs;
 	pthread_mutex_lock(&cx->mu);
@@ -57,8 +64,10 @@ static int move_to_cpu(struct cu_ctx *cx, struct sparq_slice *sl, struct cu_slic
 		       uint32_t upto)
 {
 	size_t page_elems = (size_t)cs->d * cs->per_page;
-	uint16_t *page = malloc(page_elems * sizeof(uint16_t));
-	uint16_t *rows = malloc(page_elems * sizeof(uint16_t));
+	/* an int8 page is d + 4 bytes a position, a native one 2d: one buffer fits both */
+	size_t bytes = cs->i8 ? SPARQ_CU_PAGE_BYTES : page_elems * sizeof(uint16_t);
+	uint8_t *page = malloc(bytes);
+	uint8_t *rows = malloc(bytes);
 	int ret = 0;
 
 	if (!page || !rows) {
@@ -68,16 +77,31 @@ static int move_to_cpu(struct cu_ctx *cx, struct sparq_slice *sl, struct cu_slic
 	for (uint32_t b = 0; (uint64_t)b * cs->per_page < upto; b++) {
 		uint32_t base = b * cs->per_page;
 		uint32_t cnt = upto - base < cs->per_page ? upto - base : cs->per_page;
-		cudaError_t e = cudaMemcpy(page, cs->pages[b], page_elems * sizeof(uint16_t),
-					   cudaMemcpyDeviceToHost);
+		cudaError_t e = cudaMemcpy(page, cs->pages[b], bytes, cudaMemcpyDeviceToHost);
 		if (e != cudaSuccess) {
 			ret = cu_fail(cx, e, "copying a key slice back to the host");
 			goto out;
 		}
-		for (uint32_t t = 0; t < cnt; t++)
-			for (uint32_t c = 0; c < cs->d; c++)
-				rows[(size_t)t * cs->d + c] = page[(size_t)c * cs->per_page + t];
-		ret = cx->cpu->ops->slice_write(cx->cpu->ctx, sl, base, cnt, rows);
+		if (cs->i8) {
+			/* rows [cnt][d] int8 and the scales after them: the bytes as they are */
+			int8_t *q = (int8_t *)rows;
+			float *sc = (float *)(rows + page_elems);
+			const float *psc = (const float *)(page + sparq_cu_page_scale_offset(
+							cs->d, cs->per_page));
+			for (uint32_t t = 0; t < cnt; t++)
+				for (uint32_t c = 0; c < cs->d; c++)
+					q[(size_t)t * cs->d + c] =
+						(int8_t)page[(size_t)c * cs->per_page + t];
+			memcpy(sc, psc, cnt * sizeof(float));
+			ret = sparq_cpu_slice_write_q8(sl, base, cnt, q, sc);
+		} else {
+			const uint16_t *pg = (const uint16_t *)page;
+			uint16_t *rw = (uint16_t *)rows;
+			for (uint32_t t = 0; t < cnt; t++)
+				for (uint32_t c = 0; c < cs->d; c++)
+					rw[(size_t)t * cs->d + c] = pg[(size_t)c * cs->per_page + t];
+			ret = cx->cpu->ops->slice_write(cx->cpu->ctx, sl, base, cnt, rw);
+		}
 		if (ret)
 			goto out;
 	}
@@ -112,6 +136,47 @@ static int reserve_pages(struct cu_ctx *cx, struct cu_slice *cs, uint32_t last)
 		if (ret)
 			return ret;
 		cs->pages[cs->n_pages++] = p;
+	}
+	return 0;
+}
+
+/*
+ * The int8 form of upload: rows quantized into the pinned stage ([cnt][d] int8, then
+ * cnt fp32 scales), copied up, scattered into the page's columns and scales.
+ */
+static int upload_i8(struct cu_ctx *cx, struct cu_slice *cs, enum sparq_dtype dt, uint32_t pos,
+		     uint32_t n, const uint16_t *k_rows)
+{
+	/* a multiple of 4 positions keeps the scales after the int8 rows aligned */
+	uint32_t d = cs->d, stage_pos = (uint32_t)(cx->stage_bytes / (d + 4u)) & ~3u;
+	uint8_t *h = (uint8_t *)cx->h_stage, *dv = (uint8_t *)cx->d_stage;
+	cudaError_t e;
+
+	for (uint32_t i = 0; i < n;) {
+		uint32_t p = pos + i, b = p / cs->per_page, col = p % cs->per_page;
+		uint32_t cnt = cs->per_page - col;
+
+		if (cnt > n - i)
+			cnt = n - i;
+		if (cnt > stage_pos)
+			cnt = stage_pos;
+		size_t q_bytes = ((size_t)cnt * d + 3) & ~(size_t)3;
+		sparq_quant_rows(k_rows + (size_t)i * d, cnt, d, dt, (int8_t *)h, 1, d,
+				 (float *)(h + q_bytes));
+		e = cudaMemcpyAsync(dv, h, q_bytes + cnt * sizeof(float), cudaMemcpyHostToDevice,
+				    cx->st);
+		if (e != cudaSuccess)
+			return cu_fail(cx, e, "key append: upload");
+		e = sparq_cu_launch_scatter_i8(cx->st, (const int8_t *)dv,
+					       (const float *)(dv + q_bytes), cnt, d,
+					       (int8_t *)cs->pages[b], cs->per_page, col);
+		if (e != cudaSuccess)
+			return cu_fail(cx, e, "key append: scatter kernel launch");
+		/* the staging buffer is reused by the next run: wait for this one */
+		e = cudaStreamSynchronize(cx->st);
+		if (e != cudaSuccess)
+			return cu_fail(cx, e, "key append: scatter kernel");
+		i += cnt;
 	}
 	return 0;
 }
@@ -191,7 +256,8 @@ int cu_slice_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
 		} else if (ret) {
 			goto out;
 		} else {
-			ret = upload(cx, cs, pos, n, k_rows);
+			ret = cs->i8 ? upload_i8(cx, cs, sl->dtype, pos, n, k_rows)
+				     : upload(cx, cs, pos, n, k_rows);
 			if (ret == 0)
 				cs->len = pos + n;
 			goto out;
