@@ -70,6 +70,8 @@ struct sparq_attend_stats {
 				  * the CPU by a CUDA error (in this call or an earlier one) */
 	uint64_t cache_rows;    /* CUDA: selected rows looked up in its GPU row cache */
 	uint64_t cache_hits;    /* of those, found there: read from GPU memory, not the store */
+	uint32_t graph_calls;   /* CUDA, SPARQ_CUDA_GRAPHS=1: calls run as one CUDA graph launch */
+	uint32_t graph_replays; /* of those, replayed as captured (no new capture or update) */
 };
 
 struct sparq_attend_item {

@@ -19,6 +19,9 @@
  * they are), both fetch paths, the two kernel generations and the CUDA-failure
  * fallback run again with int8 slices, checked against the reference scoring with the
  * same quantized keys (quant.h).
+ * CUDA graphs (SPARQ_CUDA_GRAPHS=1, v2): a decode loop whose call shape keeps changing
+ * gives bit for bit the results of the same kernels launched one by one, and replays
+ * the captured graph while the shape stays.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -579,6 +582,129 @@ static void test_row_cache(const struct sparq_backend_config *cfg)
 	free_data(&x);
 }
 
+/* A ratio-1/8 item: k = S/16 grows with the stream, so the call's shape changes. */
+static struct sparq_attend_item ratio_item(struct sparq_stream *s, const struct data *x,
+					   const uint64_t *mask, uint32_t cap)
+{
+	return (struct sparq_attend_item){
+		.stream = s, .g = x->g, .q = x->q, .exclude = mask,
+		.params = { .ratio = 8.0f, .l = -1, .blend = SPARQ_BLEND_ON },
+		.y = t_alloc((size_t)x->g * x->d * sizeof(float)),
+		.alpha = t_alloc(x->g * sizeof(float)),
+		.sel = t_alloc(cap * sizeof(uint32_t)), .sel_cap = cap,
+	};
+}
+
+/*
+ * SPARQ_CUDA_GRAPHS=1 (v2): a decode loop over zero-copy streams whose call shape keeps
+ * changing (k grows with S, record runs and tiles are added, masks come and go, one
+ * item or two, select mode now and then) gives bit for bit what the same kernels give
+ * launched one by one; calls whose shape did not change replay the captured graph; a
+ * staged call is never a graph. Every 16th step is also checked against the reference.
+ */
+static void test_graphs(const struct sparq_backend_config *cfg)
+{
+	struct sparq_backend *be[2];  /* launched one by one, graphs */
+	struct sparq_store *st[2], *heap;
+	struct sparq_stream *s[2][2];
+	struct data x;
+	const char *why = NULL;
+	const uint32_t S0 = 4000, steps = 96, cap = 1024;
+	uint32_t calls = 0, graph_calls = 0, replays = 0;
+	uint64_t *mask = t_alloc((S0 + steps + 63) / 64 * 8);
+
+	T_CHECK(setenv("SPARQ_CUDA_KERNELS", "v2", 1) == 0, "setenv");
+	T_CHECK(sparq_backend_open("cuda", cfg, &be[0]) == 0, "open without graphs");
+	T_CHECK(setenv("SPARQ_CUDA_GRAPHS", "1", 1) == 0, "setenv");
+	T_CHECK(sparq_backend_open("cuda", cfg, &be[1]) == 0, "open with graphs");
+	T_CHECK(unsetenv("SPARQ_CUDA_GRAPHS") == 0 && unsetenv("SPARQ_CUDA_KERNELS") == 0,
+		"unsetenv");
+	T_CHECK(!strstr(be[0]->detail, "graphs") && strstr(be[1]->detail, "graphs"),
+		"detail should name graphs: '%s' / '%s'", be[0]->detail, be[1]->detail);
+	make_data(&x, S0 + steps, 128, 4, SPARQ_DTYPE_F16, 71, 1.0f);
+	memset(mask, 0, (S0 + steps + 63) / 64 * 8);
+	for (uint32_t j = 5; j < S0 - 600; j += 11)
+		mask[j / 64] |= UINT64_C(1) << (j % 64);
+	for (int b = 0; b < 2; b++) {
+		T_CHECK(sparq_store_heap_create_region(64, 64ull << 20, &st[b]) == 0, "store");
+		for (int i = 0; i < 2; i++) {
+			T_CHECK(sparq_stream_create(be[b], st[b], x.d, x.dt, &s[b][i], &why) == 0,
+				"create: %s", why);
+			append_range(s[b][i], &x, 0, S0, S0);
+		}
+	}
+	for (uint32_t t = 0; t < steps; t++) {
+		struct sparq_attend_item it[2][2];
+		struct sparq_attend_batch bt[2];
+		const uint64_t *m = t % 8 == 3 ? mask : NULL;
+		const uint32_t n = t % 12 == 11 ? 2 : 1;
+		const enum sparq_attend_mode mode =
+			t % 24 == 23 ? SPARQ_ATTEND_SELECT : SPARQ_ATTEND_FULL;
+
+		for (int b = 0; b < 2; b++) {
+			for (int i = 0; i < 2; i++)
+				append_range(s[b][i], &x, S0 + t, S0 + t + 1, 1);
+			for (uint32_t i = 0; i < n; i++)
+				it[b][i] = ratio_item(s[b][i], &x, m, cap);
+			bt[b] = (struct sparq_attend_batch){ .items = it[b], .n = n, .mode = mode };
+			int ret = sparq_backend_attend(be[b], &bt[b]);
+			T_CHECK(ret == 0, "graphs step %u (backend %d): %d %s", t, b, ret,
+				bt[b].why ? bt[b].why : "");
+			T_CHECK(bt[b].stats.cpu_items == 0, "graphs step %u: fell back to the CPU", t);
+		}
+		calls++;
+		T_CHECK(bt[0].stats.graph_calls == 0 && bt[1].stats.graph_calls == 1,
+			"step %u: graph calls %u / %u, want 0 / 1", t, bt[0].stats.graph_calls,
+			bt[1].stats.graph_calls);
+		graph_calls += bt[1].stats.graph_calls;
+		replays += bt[1].stats.graph_replays;
+		for (uint32_t i = 0; i < n; i++) {
+			const struct sparq_attend_item *a = &it[0][i], *g = &it[1][i];
+			T_CHECK(a->n_sel == g->n_sel && memcmp(a->sel, g->sel, a->n_sel * 4) == 0 &&
+				memcmp(a->alpha, g->alpha, x.g * 4) == 0,
+				"step %u item %u: the graph selected other rows", t, i);
+			T_CHECK(mode == SPARQ_ATTEND_SELECT ||
+				memcmp(a->y, g->y, (size_t)x.g * x.d * 4) == 0,
+				"step %u item %u: y differs with graphs", t, i);
+		}
+		if (t % 16 == 0 && mode == SPARQ_ATTEND_FULL) {
+			struct data xs = x;
+			xs.S = S0 + t + 1;
+			check_ref("graphs: decode step", &xs, m, &it[1][0]);
+		}
+		for (int b = 0; b < 2; b++)
+			for (uint32_t i = 0; i < n; i++)
+				free_item(&it[b][i]);
+	}
+	printf("graphs: %u calls, %u as graphs, %u replayed without a new capture\n", calls,
+	       graph_calls, replays);
+	/* the shape changes at most twice per 8 steps (mask), 12 (two items), 24 (select
+	 * mode), 16 (k) and 64 (record runs): at least half the calls replay */
+	T_CHECK(replays >= calls / 2 && replays < calls, "%u replays of %u calls", replays,
+		calls);
+
+	/* a stream whose records are staged (plain heap): launched one by one */
+	T_CHECK(sparq_store_heap_create(64, 0, &heap) == 0, "heap store");
+	struct sparq_stream *hs = stream_of(be[1], heap, &x, x.S, 1);
+	struct sparq_attend_item hi = ratio_item(hs, &x, NULL, cap);
+	struct sparq_attend_batch hb = { .items = &hi, .n = 1 };
+	T_CHECK(sparq_backend_attend(be[1], &hb) == 0, "staged call: %s", hb.why ? hb.why : "");
+	T_CHECK(hb.stats.graph_calls == 0, "a staged call ran as a graph");
+	check_ref("graphs: staged call", &x, NULL, &hi);
+	free_item(&hi);
+	sparq_stream_destroy(hs);
+	sparq_store_destroy(heap);
+
+	for (int b = 0; b < 2; b++) {
+		for (int i = 0; i < 2; i++)
+			sparq_stream_destroy(s[b][i]);
+		sparq_backend_close(be[b]);
+		sparq_store_destroy(st[b]);
+	}
+	free(mask);
+	free_data(&x);
+}
+
 /* ---- CUDA failures served by the CPU backend (cuda_fault_every) ---- */
 
 struct log_rec {
@@ -863,6 +989,7 @@ int main(void)
 		test_fault_fallback(&cfg, v2, false);
 		test_fault_fallback(&cfg, v2, true);
 	}
+	test_graphs(&cfg);
 
 	/* int8 key slices: the checks that touch the slice, against K_score */
 	key_slice = cfg.key_slice = SPARQ_SLICE_INT8;

@@ -46,6 +46,9 @@ struct cu_region {
 	uint8_t *dev;         /* the same bytes as the GPU addresses them */
 };
 
+/* Words of the shape a captured call graph is replayed for (cuda_backend.c graph_run2). */
+#define CU_GRAPH_KEY_WORDS 16
+
 struct cu_ctx {
 	struct sparq_backend pub;
 	struct sparq_backend *cpu;  /* serves the streams whose slices did not fit, and fallbacks */
@@ -72,6 +75,11 @@ struct cu_ctx {
 	uint32_t n_fallback;        /* of those, served by the CPU backend */
 	bool kernels_v1;            /* unless SPARQ_CUDA_KERNELS=v2 at open: the verified kernels */
 	bool rc_off;                /* SPARQ_CUDA_ROWCACHE=0 at open: no row caches */
+	/* SPARQ_CUDA_GRAPHS=1 at open (v2): zero-copy calls run as one CUDA graph */
+	bool graphs;
+	cudaGraphExec_t graph_exec; /* the last instantiated graph, NULL: none */
+	uint64_t graph_key[CU_GRAPH_KEY_WORDS]; /* the shape it was captured for */
+	uint64_t graph_replays, graph_captures, graph_updates, graph_instances;
 	uint64_t rc_bytes, rc_cap;  /* GPU bytes of row caches now, and at most */
 	char err[192];
 	cudaError_t last_err;       /* the latest cu_fail's error: tells CUDA failures from others */

@@ -114,14 +114,15 @@ void cu_update_detail(struct cu_ctx *cx)
 	char d[320];
 
 	/* degraded first: the detail is cut at 160 bytes */
-	snprintf(d, sizeof(d), "%s%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (%s)%s%s",
+	snprintf(d, sizeof(d), "%s%.64s; slice pool %.2f/%.2f GiB; %u of %u streams on CPU (%s)%s%s%s",
 		 cx->degraded ? "DEGRADED (CUDA error: every call on the CPU); " : "",
 		 cx->dev_desc, (double)cx->pool.pages_out * SPARQ_CU_PAGE_BYTES / (1u << 30),
 		 (double)cx->pool.budget / (1u << 30), cx->n_fallback, cx->n_slices,
 		 cx->n_lost ? "no room or CUDA error" : "no room",
 		 cx->key_slice == SPARQ_SLICE_INT8 ? "; int8 key slice" : "",
 		 cx->kernels_v1 ? "; kernels v1" : cx->rc_off ? "; kernels v2, no row cache"
-							  : "; kernels v2");
+							  : "; kernels v2",
+		 cx->graphs ? ", graphs" : "");
 	snprintf(cx->pub.detail, sizeof(cx->pub.detail), "%.159s", d);
 }
 
@@ -1033,6 +1034,145 @@ static int check_info2(struct cu_ctx *cx, struct plan *pl, uint32_t n,
 	return 0;
 }
 
+/* A step of an enqueue function: what names it, and a failure returns at once. */
+#define EQ(call, name)                                  \
+	do {                                            \
+		cudaError_t e_ = (call);                \
+		*what = (name);                         \
+		if (e_ != cudaSuccess)                  \
+			return e_;                      \
+	} while (0)
+
+/* CK for an enqueue function, whose failing step set what. */
+#define CKW(call)                                       \
+	do {                                            \
+		cudaError_t e_ = (call);                \
+		if (e_ != cudaSuccess) {                \
+			ret = cu_fail(cx, e_, what);    \
+			b->why = cx->err;               \
+			goto out;                       \
+		}                                       \
+	} while (0)
+
+/*
+ * v2, events 0-2: the upload of the call's tables, scoring, selection and α. evf is
+ * cudaEventRecordExternal while a graph is captured, so that the events become record
+ * nodes and still time the phases.
+ */
+static cudaError_t enqueue_front2(struct cu_ctx *cx, const struct layout2 *L, uint32_t n,
+				  bool full, unsigned evf, const char **what)
+{
+	const struct sparq_cu_item *items = (const struct sparq_cu_item *)(cx->d_buf + L->items);
+	const struct sparq_cu_tile *tiles = (const struct sparq_cu_tile *)(cx->d_buf + L->tiles);
+	cudaStream_t st = cx->st;
+
+	EQ(cudaEventRecordWithFlags(cx->ev[0], st, evf), "event");
+	EQ(cudaMemcpyAsync(cx->d_buf, cx->h_buf, L->in_end, cudaMemcpyHostToDevice, st),
+	   "upload of queries and tables");
+	EQ(cudaMemsetAsync(cx->d_buf + L->out, 0, L->out_end - L->out, st), "clear outputs");
+	EQ(cudaMemsetAsync(cx->d_buf + L->scr, 0, L->scr_end - L->scr, st), "clear select scratch");
+	EQ(sparq_cu_launch_comp(st, items, n), "components kernel launch");
+	EQ(sparq_cu_launch_score(st, items, tiles, L->n_tiles, L->g_max), "score kernel launch");
+	EQ(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
+	EQ(cudaEventRecordWithFlags(cx->ev[1], st, evf), "event");
+	EQ(sparq_cu_launch_select2(st, items, n, L->sel_chunks_max), "select kernels launch");
+	EQ(FAULT_OR(!full, sparq_cu_launch_alpha(st, items, n)), "alpha kernel launch");
+	EQ(cudaEventRecordWithFlags(cx->ev[2], st, evf), "event");
+	return cudaSuccess;
+}
+
+/* v2, events 3-4: the row cache probe, the exact step and the download of the outputs. */
+static cudaError_t enqueue_back2(struct cu_ctx *cx, const struct layout2 *L, uint32_t n,
+				 bool full, unsigned evf, const char **what)
+{
+	const struct sparq_cu_item *items = (const struct sparq_cu_item *)(cx->d_buf + L->items);
+	cudaStream_t st = cx->st;
+
+	EQ(cudaEventRecordWithFlags(cx->ev[3], st, evf), "event");
+	if (full) {
+		EQ(sparq_cu_launch_rc_probe(st, items, n, L->rc_rows_max), "row cache kernel launch");
+		EQ(FAULT_OR(true, sparq_cu_launch_exact2(st, items, n, L->ex_chunks_max, L->g_max)),
+		   "exact kernels launch");
+	}
+	EQ(cudaMemcpyAsync(cx->h_buf + L->out, cx->d_buf + L->out, L->out_end - L->out,
+			   cudaMemcpyDeviceToHost, st), "download of the outputs");
+	EQ(cudaEventRecordWithFlags(cx->ev[4], st, evf), "event");
+	return cudaSuccess;
+}
+
+/*
+ * SPARQ_CUDA_GRAPHS=1: a call with no staged item (nothing for the host to do between
+ * selection and the exact step) is one graph launch instead of ~20 launches and
+ * copies. A graph fixes what its nodes were given: the buffers, the section sizes and
+ * the grids; items, tiles and every per-item pointer live in the uploaded tables. So
+ * a call whose shape (the key below) is the last captured one replays it. A decode
+ * step changes the shape now and then (k = S/2c grows every 2c tokens, a mask word or
+ * a record run every 64 or chunk of positions): that call is captured again and the
+ * executable graph updated in place, or instantiated anew when the update is refused.
+ */
+static cudaError_t graph_run2(struct cu_ctx *cx, const struct layout2 *L, uint32_t n, bool full,
+			      bool *replayed, const char **what)
+{
+	const uint64_t key[CU_GRAPH_KEY_WORDS] = {
+		(uintptr_t)cx->d_buf, (uintptr_t)cx->h_buf, n, full, L->items, L->tiles, L->in_end,
+		L->out, L->out_end, L->scr, L->scr_end, L->n_tiles, L->g_max, L->sel_chunks_max,
+		L->ex_chunks_max, L->rc_rows_max,
+	};
+	cudaGraph_t g = NULL;
+	cudaError_t e, e_end;
+
+	*replayed = cx->graph_exec && memcmp(key, cx->graph_key, sizeof(key)) == 0;
+	if (*replayed) {
+		cx->graph_replays++;
+		*what = "graph launch";
+		return cudaGraphLaunch(cx->graph_exec, cx->st);
+	}
+	/* thread-local: what other threads do with CUDA meanwhile does not end the capture */
+	EQ(cudaStreamBeginCapture(cx->st, cudaStreamCaptureModeThreadLocal), "graph capture");
+	e = enqueue_front2(cx, L, n, full, cudaEventRecordExternal, what);
+	if (e == cudaSuccess)
+		e = enqueue_back2(cx, L, n, full, cudaEventRecordExternal, what);
+	e_end = cudaStreamEndCapture(cx->st, &g);
+	if (e == cudaSuccess && e_end != cudaSuccess) {
+		e = e_end;
+		*what = "graph capture";
+	}
+	if (e != cudaSuccess) {
+		if (g)
+			cudaGraphDestroy(g);
+		return e;
+	}
+	if (cx->graph_exec) {
+		cudaGraphExecUpdateResultInfo info;
+
+		if (cudaGraphExecUpdate(cx->graph_exec, g, &info) == cudaSuccess) {
+			cx->graph_updates++;
+		} else {
+			/* another node structure (select mode, an item count that adds or
+			 * drops a launch): not an error of the call, nor one for the next
+			 * launch check to find */
+			cudaGetLastError();
+			cudaGraphExecDestroy(cx->graph_exec);
+			cx->graph_exec = NULL;
+		}
+	}
+	if (!cx->graph_exec) {
+		e = cudaGraphInstantiate(&cx->graph_exec, g, 0);
+		if (e != cudaSuccess) {
+			cx->graph_exec = NULL;
+			cudaGraphDestroy(g);
+			*what = "graph instantiation";
+			return e;
+		}
+		cx->graph_instances++;
+	}
+	cudaGraphDestroy(g);
+	memcpy(cx->graph_key, key, sizeof(key));
+	cx->graph_captures++;
+	*what = "graph launch";
+	return cudaGraphLaunch(cx->graph_exec, cx->st);
+}
+
 static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct plan *pl,
 			 uint32_t n)
 {
@@ -1079,54 +1219,42 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 		return ret;
 	host_ns = now_ns() - t0;
 
-	const struct sparq_cu_item *items = (const struct sparq_cu_item *)(cx->d_buf + L.items);
-	const struct sparq_cu_tile *tiles = (const struct sparq_cu_tile *)(cx->d_buf + L.tiles);
 	cudaStream_t st = cx->st;
+	const char *what = "event";
+	const bool graphed = !staged && cx->graphs && !cx->fault_every;
+	bool replayed = false;
 
-	CK(cudaEventRecord(cx->ev[0], st), "event");
-	CK(cudaMemcpyAsync(cx->d_buf, cx->h_buf, L.in_end, cudaMemcpyHostToDevice, st),
-	   "upload of queries and tables");
-	CK(cudaMemsetAsync(cx->d_buf + L.out, 0, L.out_end - L.out, st), "clear outputs");
-	CK(cudaMemsetAsync(cx->d_buf + L.scr, 0, L.scr_end - L.scr, st), "clear select scratch");
-	CK(sparq_cu_launch_comp(st, items, n), "components kernel launch");
-	CK(sparq_cu_launch_score(st, items, tiles, L.n_tiles, L.g_max), "score kernel launch");
-	CK(sparq_cu_launch_softmax(st, items, n), "softmax kernel launch");
-	CK(cudaEventRecord(cx->ev[1], st), "event");
-	CK(sparq_cu_launch_select2(st, items, n, L.sel_chunks_max), "select kernels launch");
-	CK(FAULT_OR(!full, sparq_cu_launch_alpha(st, items, n)), "alpha kernel launch");
-	CK(cudaEventRecord(cx->ev[2], st), "event");
-	if (staged) {
-		/* the store copies the selected records: the host needs the selection first */
-		CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
-				   cudaMemcpyDeviceToHost, st), "download of the selection");
-		CK(cudaStreamSynchronize(st), "scoring and selection kernels");
-		ret = check_info2(cx, pl, n, b);
-		if (ret)
-			goto out;
-		uint64_t t1 = now_ns();
-		ret = fetch_staged(cx, pl, n, b);
-		if (ret)
-			goto out;
-		host_ns += now_ns() - t1;
-		CK(cudaMemcpyAsync(cx->d_buf + L.rows_b, cx->h_buf + L.rows_b,
-				   L.host_bytes - L.rows_b, cudaMemcpyHostToDevice, st),
-		   "upload of staged records");
+	if (graphed) {
+		CKW(graph_run2(cx, &L, n, full, &replayed, &what));
+	} else {
+		CKW(enqueue_front2(cx, &L, n, full, cudaEventRecordDefault, &what));
+		if (staged) {
+			/* the store copies the selected records: the host needs the selection */
+			CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
+					   cudaMemcpyDeviceToHost, st), "download of the selection");
+			CK(cudaStreamSynchronize(st), "scoring and selection kernels");
+			ret = check_info2(cx, pl, n, b);
+			if (ret)
+				goto out;
+			uint64_t t1 = now_ns();
+			ret = fetch_staged(cx, pl, n, b);
+			if (ret)
+				goto out;
+			host_ns += now_ns() - t1;
+			CK(cudaMemcpyAsync(cx->d_buf + L.rows_b, cx->h_buf + L.rows_b,
+					   L.host_bytes - L.rows_b, cudaMemcpyHostToDevice, st),
+			   "upload of staged records");
+		}
+		CKW(enqueue_back2(cx, &L, n, full, cudaEventRecordDefault, &what));
 	}
-	CK(cudaEventRecord(cx->ev[3], st), "event");
-	if (full)
-		CK(sparq_cu_launch_rc_probe(st, items, n, L.rc_rows_max), "row cache kernel launch");
-	if (full)
-		CK(FAULT_OR(true, sparq_cu_launch_exact2(st, items, n, L.ex_chunks_max, L.g_max)),
-		   "exact kernels launch");
-	CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
-			   cudaMemcpyDeviceToHost, st), "download of the outputs");
-	CK(cudaEventRecord(cx->ev[4], st), "event");
 	CK(cudaStreamSynchronize(st), "attention kernels");
 	ret = check_info2(cx, pl, n, b);
 	if (ret)
 		goto out;
 	b->stats.score_ns += elapsed_ns(cx->ev[0], cx->ev[1]);
 	b->stats.select_ns += elapsed_ns(cx->ev[1], cx->ev[2]);
+	b->stats.graph_calls += graphed;
+	b->stats.graph_replays += replayed;
 	/* zero-copy items read their records inside the exact step: gather is host work
 	 * (run tables, v̄) plus, for staged items, the store copy and its upload */
 	b->stats.gather_ns += host_ns + (staged ? elapsed_ns(cx->ev[2], cx->ev[3]) : 0);
@@ -1577,6 +1705,8 @@ static void cu_destroy(void *ctx)
 	for (uint32_t i = 0; i < cx->n_regions; i++)
 		if (cx->regions[i].dev)
 			cudaHostUnregister(cx->regions[i].base);
+	if (cx->graph_exec)
+		cudaGraphExecDestroy(cx->graph_exec);
 	cu_pool_fini(&cx->pool);
 	cudaFree(cx->d_buf);
 	cudaFreeHost(cx->h_buf);
@@ -1673,6 +1803,8 @@ int sparq_cuda_backend_create(const struct sparq_backend_config *cfg, struct spa
 	const char *kv = getenv("SPARQ_CUDA_KERNELS"), *rc = getenv("SPARQ_CUDA_ROWCACHE");
 	cx->kernels_v1 = !(kv && strcmp(kv, "v2") == 0);
 	cx->rc_off = rc && strcmp(rc, "0") == 0;
+	const char *gr = getenv("SPARQ_CUDA_GRAPHS");
+	cx->graphs = !cx->kernels_v1 && gr && strcmp(gr, "1") == 0;
 	/* row caches hold about one call's rows per stream: at ratio 1/8 a quarter of
 	 * what the key slices take, so a quarter of their budget bounds them */
 	cx->rc_cap = budget / 4;
