@@ -29,6 +29,13 @@ static int cpu_has_f16c(void)
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 /* elements ahead on each channel run (2 KiB of fp16): far enough to cover DRAM latency */
 #define SCORE_PREFETCH 1024
+/*
+ * bytes ahead on each int8 channel run: 4 lines. The r runs sit a multiple of 4 KiB
+ * apart, so their lines at one offset share an L1 set; at 2 KiB ahead (32 lines a
+ * run) the hints evicted each other before use and the int8 score phase ran no faster
+ * than fp16's. 128-384 B measured alike on the dev VM; 4096 B was 1.5x slower.
+ */
+#define SCORE_PREFETCH_I8 256
 /* records per tile of the exact step: 32 x 512 B stay in L1 between its two uses */
 #define ROW_TILE SPARQ_CPU_ROW_TILE
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
@@ -49,13 +56,11 @@ AVX2_INLINE __m256 load8_i8(const int8_t *p)
 }
 
 /*
- * kt is the fp16/bf16 slice, or (I8) q8 the int8 one with its scales: the constants
- * I8, G and P specialise each inlined copy.
+ * The fp16/bf16 slice: the constants G and P specialise each inlined copy.
  */
-AVX2_INLINE __m256 score_tiles(const uint16_t *kt, const int8_t *q8, const float *scale,
-			       uint32_t cap, uint32_t n, const uint32_t *comp, uint32_t r,
-			       const float *qc, enum sparq_dtype dt, float *z, size_t zs,
-			       const int I8, const int G, const int P)
+AVX2_INLINE __m256 score_tiles(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
+			       uint32_t r, const float *qc, enum sparq_dtype dt, float *z, size_t zs,
+			       const int G, const int P)
 {
 	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	__m256 big = _mm256_setzero_ps();
@@ -67,36 +72,19 @@ AVX2_INLINE __m256 score_tiles(const uint16_t *kt, const int8_t *q8, const float
 			for (int p = 0; p < P; p++)
 				acc[h][p] = _mm256_setzero_ps();
 		for (uint32_t i = 0; i < r; i++) {
+			const uint16_t *src = kt + (size_t)comp[i] * cap + j;
 			__m256 kv[8];
 
 			/* r interleaved runs defeat the hardware prefetcher: fetch each run
-			 * ahead by hand, one hint per 64-byte line (32 fp16, 64 int8), the
-			 * same 2 KiB ahead */
-			if (!I8) {
-				const uint16_t *src = kt + (size_t)comp[i] * cap + j;
-				for (int p = 0; p < P; p += 4)
-					_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH),
-						     _MM_HINT_T0);
-				for (int p = 0; p < P; p++)
-					kv[p] = load8(src + 8 * p, dt);
-			} else {
-				const int8_t *src = q8 + (size_t)comp[i] * cap + j;
-				_mm_prefetch((const char *)(src + 2 * SCORE_PREFETCH), _MM_HINT_T0);
-				for (int p = 0; p < P; p++)
-					kv[p] = load8_i8(src + 8 * p);
-			}
+			 * ahead by hand, one hint per 64-byte line (32 fp16), 2 KiB ahead */
+			for (int p = 0; p < P; p += 4)
+				_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH), _MM_HINT_T0);
+			for (int p = 0; p < P; p++)
+				kv[p] = load8(src + 8 * p, dt);
 			for (int h = 0; h < G; h++) {
 				__m256 qv = _mm256_broadcast_ss(qc + (size_t)h * r + i);
 				for (int p = 0; p < P; p++)
 					acc[h][p] = _mm256_fmadd_ps(qv, kv[p], acc[h][p]);
-			}
-		}
-		if (I8) {
-			/* the int8 slice: each position's scale once, after the channel sum */
-			for (int p = 0; p < P; p++) {
-				__m256 sv = _mm256_loadu_ps(scale + j + 8 * p);
-				for (int h = 0; h < G; h++)
-					acc[h][p] = _mm256_mul_ps(acc[h][p], sv);
 			}
 		}
 		for (int h = 0; h < G; h++)
@@ -109,45 +97,107 @@ AVX2_INLINE __m256 score_tiles(const uint16_t *kt, const int8_t *q8, const float
 	return big;
 }
 
-AVX2_INLINE float score_heads(const uint16_t *kt, const int8_t *q8, const float *scale,
-			      uint32_t cap, uint32_t n, const uint32_t *comp, uint32_t r,
-			      const float *qc, uint32_t G, enum sparq_dtype dt, float *z, size_t zs,
-			      const int I8)
+/*
+ * The int8 slice (quant.h): G heads x P vectors of 8 positions. Each 8-entry run is
+ * converted and used at once, so only the G x P accumulators and G query values stay
+ * live (no spills: the int8 slice halves the bytes per position, so the loop must not
+ * add work per position either). The product is rounded before the add, as in the
+ * portable kernel: the two tables give bit-identical logits.
+ */
+AVX2_INLINE __m256 score_tiles_i8(const int8_t *q8, const float *scale, uint32_t cap, uint32_t n,
+				  const uint32_t *comp, uint32_t r, const float *qc, float *z,
+				  size_t zs, const int G, const int P)
 {
-	/* heads in chunks of 4, 2, 1; tile widths 16, 32, 64 keep ≤ 13 live registers */
+	const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
 	__m256 big = _mm256_setzero_ps();
-	uint32_t h = 0;
 
-	for (; h + 4 <= G; h += 4)
-		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
-						dt, z + h * zs, zs, I8, 4, 2), big);
-	if (h + 2 <= G) {
-		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
-						dt, z + h * zs, zs, I8, 2, 4), big);
-		h += 2;
+	for (uint32_t j = 0; j < n; j += 8u * (uint32_t)P) {
+		__m256 acc[4][8];
+
+		for (int h = 0; h < G; h++)
+			for (int p = 0; p < P; p++)
+				acc[h][p] = _mm256_setzero_ps();
+		for (uint32_t i = 0; i < r; i++) {
+			const int8_t *src = q8 + (size_t)comp[i] * cap + j;
+			__m256 qv[4];
+
+			/* one hint per 64-byte line (64 positions) of each run */
+			for (int p = 0; p < P; p += 8)
+				_mm_prefetch((const char *)(src + 8 * p + SCORE_PREFETCH_I8), _MM_HINT_T0);
+			for (int h = 0; h < G; h++)
+				qv[h] = _mm256_broadcast_ss(qc + (size_t)h * r + i);
+			for (int p = 0; p < P; p++) {
+				__m256 kv = load8_i8(src + 8 * p);
+				for (int h = 0; h < G; h++)
+					acc[h][p] = _mm256_add_ps(acc[h][p], _mm256_mul_ps(qv[h], kv));
+			}
+		}
+		/* each position's scale once, after the channel sum */
+		for (int p = 0; p < P; p++) {
+			__m256 sv = _mm256_loadu_ps(scale + j + 8 * p);
+			for (int h = 0; h < G; h++) {
+				acc[h][p] = _mm256_mul_ps(acc[h][p], sv);
+				_mm256_storeu_ps(z + (size_t)h * zs + j + 8 * p, acc[h][p]);
+				big = _mm256_max_ps(_mm256_and_ps(acc[h][p], abs_mask), big);
+			}
+		}
 	}
-	if (h < G)
-		big = _mm256_max_ps(score_tiles(kt, q8, scale, cap, n, comp, r, qc + (size_t)h * r,
-						dt, z + h * zs, zs, I8, 1, 8), big);
+	return big;
+}
+
+/* the largest lane of |z| (NaN wins, as in the portable kernel) */
+AVX2_INLINE float lanes_max(__m256 big)
+{
 	float lanes[8], m = 0.0f;
+
 	_mm256_storeu_ps(lanes, big);
 	for (int i = 0; i < 8; i++)
 		m = (lanes[i] > m || lanes[i] != lanes[i]) ? lanes[i] : m;
 	return m;
 }
 
+/* heads in chunks of 4, 2, 1; tile widths 16, 32, 64 keep <= 13 live registers */
 AVX2 static float score_avx2(const uint16_t *kt, uint32_t cap, uint32_t n, const uint32_t *comp,
 			     uint32_t r, const float *qc, uint32_t G, enum sparq_dtype dt,
 			     float *z, size_t zs)
 {
-	return score_heads(kt, NULL, NULL, cap, n, comp, r, qc, G, dt, z, zs, 0);
+	__m256 big = _mm256_setzero_ps();
+	uint32_t h = 0;
+
+	for (; h + 4 <= G; h += 4)
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 4, 2), big);
+	if (h + 2 <= G) {
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 2, 4), big);
+		h += 2;
+	}
+	if (h < G)
+		big = _mm256_max_ps(score_tiles(kt, cap, n, comp, r, qc + (size_t)h * r, dt,
+						z + h * zs, zs, 1, 8), big);
+	return lanes_max(big);
 }
 
+/* the same chunks of heads; G x P accumulators + G query values <= 13 registers */
 AVX2 static float score_i8_avx2(const int8_t *q8, const float *scale, uint32_t cap, uint32_t n,
 				const uint32_t *comp, uint32_t r, const float *qc, uint32_t G,
 				float *z, size_t zs)
 {
-	return score_heads(NULL, q8, scale, cap, n, comp, r, qc, G, SPARQ_DTYPE_F16, z, zs, 1);
+	__m256 big = _mm256_setzero_ps();
+	uint32_t h = 0;
+
+	for (; h + 4 <= G; h += 4)
+		big = _mm256_max_ps(score_tiles_i8(q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						   z + h * zs, zs, 4, 2), big);
+	if (h + 2 <= G) {
+		big = _mm256_max_ps(score_tiles_i8(q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						   z + h * zs, zs, 2, 4), big);
+		h += 2;
+	}
+	if (h < G)
+		big = _mm256_max_ps(score_tiles_i8(q8, scale, cap, n, comp, r, qc + (size_t)h * r,
+						   z + h * zs, zs, 1, 8), big);
+	return lanes_max(big);
 }
 
 /* exp for x <= 0 to within 2 ulp: 2^n · p(f) with a degree-6 minimax polynomial. */
