@@ -1043,17 +1043,6 @@ static int check_info2(struct cu_ctx *cx, struct plan *pl, uint32_t n,
 			return e_;                      \
 	} while (0)
 
-/* CK for an enqueue function, whose failing step set what. */
-#define CKW(call)                                       \
-	do {                                            \
-		cudaError_t e_ = (call);                \
-		if (e_ != cudaSuccess) {                \
-			ret = cu_fail(cx, e_, what);    \
-			b->why = cx->err;               \
-			goto out;                       \
-		}                                       \
-	} while (0)
-
 /*
  * v2, events 0-2: the upload of the call's tables, scoring, selection and α. evf is
  * cudaEventRecordExternal while a graph is captured, so that the events become record
@@ -1220,14 +1209,14 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 	host_ns = now_ns() - t0;
 
 	cudaStream_t st = cx->st;
-	const char *what = "event";
+	const char *what = "event";  /* the enqueue functions name their failing step here */
 	const bool graphed = !staged && cx->graphs && !cx->fault_every;
 	bool replayed = false;
 
 	if (graphed) {
-		CKW(graph_run2(cx, &L, n, full, &replayed, &what));
+		CK(graph_run2(cx, &L, n, full, &replayed, &what), what);
 	} else {
-		CKW(enqueue_front2(cx, &L, n, full, cudaEventRecordDefault, &what));
+		CK(enqueue_front2(cx, &L, n, full, cudaEventRecordDefault, &what), what);
 		if (staged) {
 			/* the store copies the selected records: the host needs the selection */
 			CK(cudaMemcpyAsync(cx->h_buf + L.out, cx->d_buf + L.out, L.out_end - L.out,
@@ -1245,7 +1234,7 @@ static int attend_gpu_v2(struct cu_ctx *cx, struct sparq_attend_batch *b, struct
 					   L.host_bytes - L.rows_b, cudaMemcpyHostToDevice, st),
 			   "upload of staged records");
 		}
-		CKW(enqueue_back2(cx, &L, n, full, cudaEventRecordDefault, &what));
+		CK(enqueue_back2(cx, &L, n, full, cudaEventRecordDefault, &what), what);
 	}
 	CK(cudaStreamSynchronize(st), "attention kernels");
 	ret = check_info2(cx, pl, n, b);
