@@ -159,10 +159,12 @@ int sd_loop_open(struct sparqd *d, const char **why)
 
 static void client_free(struct sparqd *d, struct sd_client *c)
 {
+	bool listed = false;
+
 	for (struct sd_client **pp = &d->clients; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
-			__atomic_fetch_sub(&d->n_clients, 1, __ATOMIC_RELAXED);
+			listed = true;
 			break;
 		}
 	}
@@ -175,6 +177,10 @@ static void client_free(struct sparqd *d, struct sd_client *c)
 	if (c->complete_fd >= 0)
 		close(c->complete_fd);
 	sparq_shm_unmap(&c->shm);
+	/* counted until all of it is released: whoever reads the count in stats (a worker,
+	 * meanwhile) and sees a client gone must find its fds closed and region unmapped */
+	if (listed)
+		__atomic_fetch_sub(&d->n_clients, 1, __ATOMIC_RELEASE);
 	free(c->bye);
 	sd_log(&d->log, SD_LOG_DEBUG, "client %" PRIu64 " freed", c->id);
 	free(c);
