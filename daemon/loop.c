@@ -33,10 +33,36 @@
 #include "wire.h"
 #include "workers.h"
 
-/* A client that does not read its replies stalls a sender at most this long. */
+/* A client that does not read its replies stalls the worker serving it at most this
+ * long; the loop never waits on one (sock_nonblock). */
 #define SEND_TIMEOUT_S 2
 /* Largest data area a client may ask for, unless --shm-bytes is larger. */
 #define SHM_CLIENT_MAX (1ull << 30)
+
+/*
+ * The loop answers a client itself only where no worker writes to its socket: before
+ * hello, and while the client is idle (workers.h). It must not wait there: a client
+ * that never reads its replies fills its socket, and a blocking send would hold every
+ * other client for SEND_TIMEOUT_S per reply. So the loop's own replies do not block;
+ * one that finds the socket full is lost, as sd_reply_error says. Workers, who serve
+ * one client each, keep the blocking send and its timeout. A failed fcntl leaves the
+ * send blocking, bounded by the timeout as before.
+ */
+static void sock_nonblock(struct sd_client *c, bool on)
+{
+	int fl = fcntl(c->sock, F_GETFL);
+
+	if (fl >= 0)
+		(void)fcntl(c->sock, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK);
+}
+
+/* An error reply from the loop itself (see sock_nonblock). */
+static void reply_error_now(struct sd_client *c, uint64_t id, int code, const char *why)
+{
+	sock_nonblock(c, true);
+	sd_reply_error(c, id, code, why);
+	sock_nonblock(c, false);
+}
 
 static int watch(struct sparqd *d, int fd, struct sd_watch *w)
 {
@@ -133,10 +159,12 @@ int sd_loop_open(struct sparqd *d, const char **why)
 
 static void client_free(struct sparqd *d, struct sd_client *c)
 {
+	bool listed = false;
+
 	for (struct sd_client **pp = &d->clients; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
-			__atomic_fetch_sub(&d->n_clients, 1, __ATOMIC_RELAXED);
+			listed = true;
 			break;
 		}
 	}
@@ -149,6 +177,10 @@ static void client_free(struct sparqd *d, struct sd_client *c)
 	if (c->complete_fd >= 0)
 		close(c->complete_fd);
 	sparq_shm_unmap(&c->shm);
+	/* counted until all of it is released: whoever reads the count in stats (a worker,
+	 * meanwhile) and sees a client gone must find its fds closed and region unmapped */
+	if (listed)
+		__atomic_fetch_sub(&d->n_clients, 1, __ATOMIC_RELEASE);
 	free(c->bye);
 	sd_log(&d->log, SD_LOG_DEBUG, "client %" PRIu64 " freed", c->id);
 	free(c);
@@ -276,7 +308,9 @@ static int hello(struct sparqd *d, struct sd_client *c, const struct sd_req *r, 
 	c->hello_done = true;
 	memcpy(c->name, r->name, sizeof(c->name));
 	*why = "cannot send the hello reply";
+	sock_nonblock(c, true);
 	ret = sparq_wire_send(c->sock, &resp.base, fds, 3);
+	sock_nonblock(c, false);
 	if (!ret)
 		sd_log(&d->log, SD_LOG_DEBUG, "client %" PRIu64 " hello as '%s' (%" PRIu64 " byte region)",
 		       c->id, c->name, c->shm.size);
@@ -306,7 +340,9 @@ static void dispatch(struct sparqd *d, struct sd_client *c, struct sd_job *job)
 	bool cheap = job->req.err || job->req.op == SD_OP_NOP || !c->hello_done;
 
 	if (cheap && sd_pool_client_idle(d, c)) {
+		sock_nonblock(c, true);
 		sd_exec(d, c, job);
+		sock_nonblock(c, false);
 		sd_req_release(&job->req);
 		free(job);
 		return;
@@ -334,7 +370,7 @@ static void client_readable(struct sparqd *d, struct sd_client *c, uint8_t *buf)
 		return;
 	if (n == -EMSGSIZE) {
 		if (sd_pool_client_idle(d, c))
-			sd_reply_error(c, 0, -EMSGSIZE, "packet larger than 64 KiB");
+			reply_error_now(c, 0, -EMSGSIZE, "packet larger than 64 KiB");
 		sd_stats_record(&d->stats, SD_OP_NONE, -EMSGSIZE, 0);
 		return;
 	}
@@ -346,7 +382,7 @@ static void client_readable(struct sparqd *d, struct sd_client *c, uint8_t *buf)
 	job = calloc(1, sizeof(*job));
 	if (!job) {
 		if (sd_pool_client_idle(d, c))
-			sd_reply_error(c, 0, -ENOMEM, "out of memory");
+			reply_error_now(c, 0, -ENOMEM, "out of memory");
 		return;
 	}
 	job->t0 = t0;
@@ -359,7 +395,7 @@ static void client_readable(struct sparqd *d, struct sd_client *c, uint8_t *buf)
 			sd_log(&d->log, SD_LOG_WARN, "client %" PRIu64 " hello failed: %s (%s)", c->id,
 			       why, strerror(-ret));
 			undo_hello(d, c);
-			sd_reply_error(c, job->req.id, ret, why);
+			reply_error_now(c, job->req.id, ret, why);
 		}
 		sd_stats_record(&d->stats, SD_OP_HELLO, ret, sd_now_ns() - t0);
 		sd_req_release(&job->req);
