@@ -141,68 +141,46 @@ static int reserve_pages(struct cu_ctx *cx, struct cu_slice *cs, uint32_t last)
 }
 
 /*
- * The int8 form of upload: rows quantized into the pinned stage ([cnt][d] int8, then
- * cnt fp32 scales), copied up, scattered into the page's columns and scales.
+ * Stages rows through pinned memory and scatters them into their pages' columns, a
+ * page's share at a time. fp16/bf16 slices stage the rows as they are; int8 slices
+ * stage them quantized ([cnt][d] int8, then cnt fp32 scales) and scatter the scales too.
  */
-static int upload_i8(struct cu_ctx *cx, struct cu_slice *cs, enum sparq_dtype dt, uint32_t pos,
-		     uint32_t n, const uint16_t *k_rows)
+static int upload(struct cu_ctx *cx, struct cu_slice *cs, enum sparq_dtype dt, uint32_t pos,
+		  uint32_t n, const uint16_t *k_rows)
 {
-	/* a multiple of 4 positions keeps the scales after the int8 rows aligned */
-	uint32_t d = cs->d, stage_pos = (uint32_t)(cx->stage_bytes / (d + 4u)) & ~3u;
+	const uint32_t d = cs->d;
+	/* int8: a multiple of 4 positions keeps the scales after the int8 rows aligned */
+	const uint32_t stage_pos = cs->i8 ? (uint32_t)(cx->stage_bytes / (d + 4u)) & ~3u
+					  : (uint32_t)(cx->stage_bytes / (2u * d));
 	uint8_t *h = (uint8_t *)cx->h_stage, *dv = (uint8_t *)cx->d_stage;
 	cudaError_t e;
 
 	for (uint32_t i = 0; i < n;) {
 		uint32_t p = pos + i, b = p / cs->per_page, col = p % cs->per_page;
 		uint32_t cnt = cs->per_page - col;
+		size_t q_bytes = 0, bytes;
 
 		if (cnt > n - i)
 			cnt = n - i;
 		if (cnt > stage_pos)
 			cnt = stage_pos;
-		size_t q_bytes = ((size_t)cnt * d + 3) & ~(size_t)3;
-		sparq_quant_rows(k_rows + (size_t)i * d, cnt, d, dt, (int8_t *)h, 1, d,
-				 (float *)(h + q_bytes));
-		e = cudaMemcpyAsync(dv, h, q_bytes + cnt * sizeof(float), cudaMemcpyHostToDevice,
-				    cx->st);
+		if (cs->i8) {
+			q_bytes = ((size_t)cnt * d + 3) & ~(size_t)3;
+			sparq_quant_rows(k_rows + (size_t)i * d, cnt, d, dt, (int8_t *)h, 1, d,
+					 (float *)(h + q_bytes));
+			bytes = q_bytes + cnt * sizeof(float);
+		} else {
+			bytes = (size_t)cnt * d * sizeof(uint16_t);
+			memcpy(h, k_rows + (size_t)i * d, bytes);
+		}
+		e = cudaMemcpyAsync(dv, h, bytes, cudaMemcpyHostToDevice, cx->st);
 		if (e != cudaSuccess)
 			return cu_fail(cx, e, "key append: upload");
-		e = sparq_cu_launch_scatter_i8(cx->st, (const int8_t *)dv,
-					       (const float *)(dv + q_bytes), cnt, d,
-					       (int8_t *)cs->pages[b], cs->per_page, col);
-		if (e != cudaSuccess)
-			return cu_fail(cx, e, "key append: scatter kernel launch");
-		/* the staging buffer is reused by the next run: wait for this one */
-		e = cudaStreamSynchronize(cx->st);
-		if (e != cudaSuccess)
-			return cu_fail(cx, e, "key append: scatter kernel");
-		i += cnt;
-	}
-	return 0;
-}
-
-/* Stages rows through pinned memory and scatters them into their pages' columns. */
-static int upload(struct cu_ctx *cx, struct cu_slice *cs, uint32_t pos, uint32_t n,
-		  const uint16_t *k_rows)
-{
-	uint32_t d = cs->d, stage_pos = (uint32_t)(cx->stage_bytes / (2u * d));
-	cudaError_t e;
-
-	for (uint32_t i = 0; i < n;) {
-		uint32_t p = pos + i, b = p / cs->per_page, col = p % cs->per_page;
-		uint32_t cnt = cs->per_page - col;
-
-		if (cnt > n - i)
-			cnt = n - i;
-		if (cnt > stage_pos)
-			cnt = stage_pos;
-		memcpy(cx->h_stage, k_rows + (size_t)i * d, (size_t)cnt * d * sizeof(uint16_t));
-		e = cudaMemcpyAsync(cx->d_stage, cx->h_stage, (size_t)cnt * d * sizeof(uint16_t),
-				    cudaMemcpyHostToDevice, cx->st);
-		if (e != cudaSuccess)
-			return cu_fail(cx, e, "key append: upload");
-		e = sparq_cu_launch_scatter(cx->st, cx->d_stage, cnt, d, cs->pages[b],
-					    cs->per_page, col);
+		e = cs->i8 ? sparq_cu_launch_scatter_i8(cx->st, (const int8_t *)dv,
+							(const float *)(dv + q_bytes), cnt, d,
+							(int8_t *)cs->pages[b], cs->per_page, col)
+			   : sparq_cu_launch_scatter(cx->st, (const uint16_t *)dv, cnt, d,
+						     cs->pages[b], cs->per_page, col);
 		if (e != cudaSuccess)
 			return cu_fail(cx, e, "key append: scatter kernel launch");
 		/* the staging buffer is reused by the next run: wait for this one */
@@ -256,8 +234,7 @@ int cu_slice_write(void *ctx, struct sparq_slice *sl, uint32_t pos, uint32_t n,
 		} else if (ret) {
 			goto out;
 		} else {
-			ret = cs->i8 ? upload_i8(cx, cs, sl->dtype, pos, n, k_rows)
-				     : upload(cx, cs, pos, n, k_rows);
+			ret = upload(cx, cs, sl->dtype, pos, n, k_rows);
 			if (ret == 0)
 				cs->len = pos + n;
 			goto out;
