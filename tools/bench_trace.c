@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "bench_opts.h"
 #include "bench_trace.h"
 #include "bench_util.h"
 #include "half.h"
@@ -1209,16 +1210,9 @@ static int parse_args(int argc, char **argv, struct trace_opts *o)
 				return usage_error("--csv: expected a file path, got ''");
 			o->csv = val;
 		} else if (IS("--key-slice")) {
-			if (strcmp(val, "both") == 0) {
-				o->key_slices[0] = SPARQ_SLICE_NATIVE;
-				o->key_slices[1] = SPARQ_SLICE_INT8;
-				o->n_key_slices = 2;
-			} else if (sparq_slice_format_parse(val, &o->key_slices[0]) == 0) {
-				o->n_key_slices = 1;
-			} else {
+			if (bench_parse_key_slices(val, o->key_slices, &o->n_key_slices))
 				return usage_error("--key-slice: expected native, int8 or both, got '%s'",
 						   val);
-			}
 		}
 #undef IS
 		if (ret)

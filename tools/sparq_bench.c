@@ -62,6 +62,7 @@
 #include "stream.h"
 
 #include "bench_ipc.h"
+#include "bench_opts.h"
 #include "bench_trace.h"
 #include "bench_util.h"
 #ifdef SPARQ_BENCH_GPU
@@ -451,21 +452,6 @@ static void opts_default(struct opts *o)
 	o->n_key_slices = 1;
 }
 
-/* --key-slice of modes kernel and gpu: one format, or both in one run. */
-static int parse_key_slices(const char *val, enum sparq_slice_format *out, uint32_t *n)
-{
-	if (strcmp(val, "both") == 0) {
-		out[0] = SPARQ_SLICE_NATIVE;
-		out[1] = SPARQ_SLICE_INT8;
-		*n = 2;
-		return 0;
-	}
-	if (sparq_slice_format_parse(val, &out[0]))
-		return usage_error("--key-slice: expected native, int8 or both, got '%s'", val);
-	*n = 1;
-	return 0;
-}
-
 /* The value of option argv[*i]: after '=' or the next argument. */
 static int opt_value(int argc, char **argv, int *i, const char *eq, const char **val)
 {
@@ -555,7 +541,9 @@ static int parse_one(struct opts *o, int argc, char **argv, int *i)
 			return usage_error("--dir: expected a directory path (up to 3000 bytes)");
 		o->dir = val;
 	} else if (IS("--key-slice")) {
-		ret = parse_key_slices(val, o->key_slices, &o->n_key_slices);
+		if (bench_parse_key_slices(val, o->key_slices, &o->n_key_slices))
+			ret = usage_error("--key-slice: expected native, int8 or both, got '%s'",
+					  val);
 	}
 #undef IS
 	return ret;
